@@ -1,0 +1,1 @@
+//! Weft benchmark harness and event generator.

@@ -1,0 +1,16 @@
+//! Customer-data semantics for Weft, built from `weft-operators`.
+//!
+//! - [`event`]: the Segment event model, parsing and validation;
+//! - [`spec`]: the job spec (TOML);
+//! - [`record`]: records that travel between dataflows and sinks (errors, counts)
+//!   and their JSON encodings;
+//! - [`ingest`]: the first job dataflow: validated / rejected split and counts.
+//!
+//! This crate has no I/O beyond reading a spec file, and never links librdkafka.
+
+#![forbid(missing_docs)]
+
+pub mod event;
+pub mod ingest;
+pub mod record;
+pub mod spec;

@@ -1,0 +1,582 @@
+//! The job spec: a TOML file describing one Weft job.
+//!
+//! Parsing is two steps: serde (with `deny_unknown_fields`, so a misspelt key
+//! is an error that names it and lists the expected keys, with line and
+//! column), then [`JobSpec::validate`], which checks what types cannot
+//! (unique names, references between sections, regexes, limits) and names the
+//! offending key in dotted form (`sinks[1].output`).
+//!
+//! Every key is documented in `docs/job-spec.md`; keep the two in step.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A job spec could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("cannot read job spec {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or does not fit the schema (the message names the key).
+    #[error("{0}")]
+    Toml(String),
+    /// A value is well-formed but not acceptable.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Invalid>),
+}
+
+/// One semantic problem, located by a dotted key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The dotted key, e.g. `sinks[0].output`.
+    pub key: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// A span of time written like `30d`, `24h`, `15m`, `90s` or `500ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct DurationMs(pub u64);
+
+impl DurationMs {
+    /// Parses `<integer><unit>` with unit one of `ms`, `s`, `m`, `h`, `d`, `w`.
+    pub fn parse(s: &str) -> Result<DurationMs, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("expected a duration like \"24h\", \"30d\" or \"15m\", got {s:?}"))?;
+        let mult = match unit.trim() {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            _ => return Err(format!("expected a duration like \"24h\", \"30d\" or \"15m\" (units ms, s, m, h, d, w), got {s:?}")),
+        };
+        n.checked_mul(mult).map(DurationMs).ok_or_else(|| format!("duration {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationMs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        DurationMs::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A whole job.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Job-wide settings.
+    pub job: JobSection,
+    /// Where events come from.
+    #[serde(default)]
+    pub sources: Vec<SourceSpec>,
+    /// Deduplication of retried events.
+    #[serde(default)]
+    pub dedupe: DedupeSpec,
+    /// Identity-resolution rules.
+    #[serde(default)]
+    pub identity: IdentitySpec,
+    /// Computed traits.
+    #[serde(default)]
+    pub traits: Vec<TraitSpec>,
+    /// Audiences.
+    #[serde(default)]
+    pub audiences: Vec<AudienceSpec>,
+    /// Where privacy regulations come from.
+    #[serde(default)]
+    pub regulations: Option<RegulationsSpec>,
+    /// Where changes go.
+    #[serde(default)]
+    pub sinks: Vec<SinkSpec>,
+}
+
+/// `[job]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSection {
+    /// The job's name: letters, digits, `-`, `_`.
+    pub name: String,
+    /// Directory for durable job state (source bindings, dedupe state); relative
+    /// paths are resolved against the spec file's directory.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `[[sources]]`: one input.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceSpec {
+    /// Newline-delimited JSON files, plain or gzip; bounded.
+    File {
+        /// Unique source name.
+        name: String,
+        /// One file path (relative to the spec file's directory).
+        path: PathBuf,
+        /// `auto` (by `.gz` suffix), `none` or `gzip`.
+        #[serde(default)]
+        compression: Compression,
+        /// Bytes of (decompressed) input bound to one logical time.
+        #[serde(default = "default_chunk_bytes")]
+        chunk_bytes: u64,
+    },
+}
+
+impl SourceSpec {
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceSpec::File { name, .. } => name,
+        }
+    }
+}
+
+fn default_chunk_bytes() -> u64 {
+    4 << 20
+}
+
+/// Compression of a file source.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// gzip when the path ends with `.gz`.
+    #[default]
+    Auto,
+    /// Plain text.
+    None,
+    /// gzip.
+    Gzip,
+}
+
+/// `[dedupe]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeSpec {
+    /// Whether duplicates are dropped.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How long a key is remembered (event time); at most 30 days.
+    #[serde(default = "default_dedupe_window")]
+    pub window: DurationMs,
+    /// The field that identifies a retried event.
+    #[serde(default = "default_dedupe_key")]
+    pub key: String,
+}
+
+impl Default for DedupeSpec {
+    fn default() -> Self {
+        DedupeSpec { enabled: true, window: default_dedupe_window(), key: default_dedupe_key() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_dedupe_window() -> DurationMs {
+    DurationMs(24 * 3_600_000)
+}
+fn default_dedupe_key() -> String {
+    "messageId".to_string()
+}
+
+/// The identifier kinds Weft extracts without configuration.
+pub const BUILTIN_ID_KINDS: [&str; 5] = ["user_id", "anonymous_id", "email", "device_id", "group_id"];
+
+/// `[identity]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySpec {
+    /// Identifier values never used for stitching (regular expressions, matched against the whole value).
+    #[serde(default = "default_blocked")]
+    pub blocked_values: Vec<String>,
+    /// Per-kind limit on how many identifiers of that kind one profile may hold.
+    #[serde(default = "default_limits")]
+    pub limits: BTreeMap<String, u32>,
+    /// Kinds in priority order (earlier wins when a limit forces a choice).
+    #[serde(default = "default_priority")]
+    pub priority: Vec<String>,
+    /// Extra identifier kinds read from a path in the event.
+    #[serde(default)]
+    pub custom_kinds: Vec<CustomKind>,
+}
+
+impl Default for IdentitySpec {
+    fn default() -> Self {
+        IdentitySpec {
+            blocked_values: default_blocked(),
+            limits: default_limits(),
+            priority: default_priority(),
+            custom_kinds: Vec::new(),
+        }
+    }
+}
+
+fn default_blocked() -> Vec<String> {
+    ["", "null", "undefined", "anonymous", "0", "-1", "^[0-]*$"].iter().map(|s| s.to_string()).collect()
+}
+fn default_limits() -> BTreeMap<String, u32> {
+    [("user_id", 1), ("anonymous_id", 5), ("email", 5), ("device_id", 5)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+fn default_priority() -> Vec<String> {
+    ["user_id", "email", "device_id", "anonymous_id"].iter().map(|s| s.to_string()).collect()
+}
+
+/// `[[identity.custom_kinds]]`: an identifier kind read from the event.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CustomKind {
+    /// The kind's name (e.g. `crm_id`).
+    pub name: String,
+    /// Dotted path in the event, e.g. `traits.crm_id` or `properties.account.id`;
+    /// or `external_id:<type>` for `context.externalIds` entries of that type.
+    pub path: String,
+}
+
+/// `[[traits]]`: a computed trait.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TraitSpec {
+    /// Unique name.
+    pub name: String,
+    /// The definition, in the query language (`docs/audiences.md`).
+    pub query: String,
+}
+
+/// `[[audiences]]`: an audience.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceSpec {
+    /// Unique name.
+    pub name: String,
+    /// The membership condition, in the query language (`docs/audiences.md`).
+    pub query: String,
+    /// The trait key destinations receive (`{<key>: true|false}`); defaults to the name.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// `[regulations]`: where regulation commands are read from.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegulationsSpec {
+    /// A JSONL file of regulations (`{"type": "delete", "identifier": "email:x@y.z"}`).
+    pub path: PathBuf,
+}
+
+/// `[[sinks]]`: one output.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkSpec {
+    /// A JSONL file of `{"time", "diff", "data"}` changes.
+    File {
+        /// Unique sink name.
+        name: String,
+        /// Which of the job's outputs it writes.
+        output: OutputName,
+        /// The file (relative to the spec file's directory); parent directories are created.
+        path: PathBuf,
+    },
+    /// The same lines on standard output.
+    Stdout {
+        /// Unique sink name.
+        name: String,
+        /// Which of the job's outputs it writes.
+        output: OutputName,
+    },
+}
+
+impl SinkSpec {
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SinkSpec::File { name, .. } | SinkSpec::Stdout { name, .. } => name,
+        }
+    }
+    /// The output it writes.
+    pub fn output(&self) -> OutputName {
+        match self {
+            SinkSpec::File { output, .. } | SinkSpec::Stdout { output, .. } => *output,
+        }
+    }
+}
+
+/// The outputs a job produces, which sinks can subscribe to.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputName {
+    /// Validated events.
+    Events,
+    /// Rejected records with their reasons (the dead-letter stream).
+    Errors,
+    /// Counts per call type, per track event name and per rejection reason.
+    Counts,
+}
+
+impl OutputName {
+    /// The name used in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputName::Events => "events",
+            OutputName::Errors => "errors",
+            OutputName::Counts => "counts",
+        }
+    }
+}
+
+/// The longest dedupe window.
+pub const MAX_DEDUPE_WINDOW: DurationMs = DurationMs(30 * 86_400_000);
+
+impl JobSpec {
+    /// Parses TOML text (no semantic validation; see [`JobSpec::validate`]).
+    pub fn from_toml(text: &str) -> Result<JobSpec, SpecError> {
+        toml::from_str(text).map_err(|e| SpecError::Toml(e.to_string().trim_end().to_string()))
+    }
+
+    /// Reads, parses and validates a spec file, and resolves relative paths
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<JobSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io { path: path.to_path_buf(), source })?;
+        let mut spec = JobSpec::from_toml(&text).map_err(|e| match e {
+            SpecError::Toml(m) => SpecError::Toml(format!("{}: {m}", path.display())),
+            other => other,
+        })?;
+        spec.validate()?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        spec.resolve_paths(base);
+        Ok(spec)
+    }
+
+    /// Makes every relative path absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(d) = self.job.state_dir.as_mut() {
+            fix(d)
+        }
+        for s in &mut self.sources {
+            match s {
+                SourceSpec::File { path, .. } => fix(path),
+            }
+        }
+        if let Some(r) = self.regulations.as_mut() {
+            fix(&mut r.path)
+        }
+        for s in &mut self.sinks {
+            if let SinkSpec::File { path, .. } = s {
+                fix(path)
+            }
+        }
+    }
+
+    /// Checks what the types cannot; returns every problem found.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let mut errs = Vec::new();
+        let mut bad = |key: String, message: String| errs.push(Invalid { key, message });
+
+        if self.job.name.is_empty()
+            || !self.job.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bad("job.name".into(), format!("expected a non-empty name of letters, digits, '-' and '_', got {:?}", self.job.name));
+        }
+        if self.sources.is_empty() {
+            bad("sources".into(), "a job needs at least one [[sources]] entry".into());
+        }
+        let mut names = BTreeSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            if !names.insert(s.name().to_string()) {
+                bad(format!("sources[{i}].name"), format!("duplicate source name {:?}", s.name()));
+            }
+            match s {
+                SourceSpec::File { chunk_bytes, path, .. } => {
+                    if *chunk_bytes < 4096 {
+                        bad(format!("sources[{i}].chunk_bytes"), format!("expected at least 4096 bytes, got {chunk_bytes}"));
+                    }
+                    if path.as_os_str().is_empty() {
+                        bad(format!("sources[{i}].path"), "expected a file path".into());
+                    }
+                }
+            }
+        }
+        if self.dedupe.window > MAX_DEDUPE_WINDOW || self.dedupe.window.0 == 0 {
+            bad("dedupe.window".into(), format!("expected a window between 1ms and 30d, got {}ms", self.dedupe.window.0));
+        }
+        if self.dedupe.key != "messageId" {
+            bad("dedupe.key".into(), format!("only \"messageId\" is supported, got {:?}", self.dedupe.key));
+        }
+        for (i, v) in self.identity.blocked_values.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(&format!("^(?:{v})$")) {
+                bad(format!("identity.blocked_values[{i}]"), format!("not a valid regular expression: {e}"));
+            }
+        }
+        let mut kinds: BTreeSet<String> = BUILTIN_ID_KINDS.iter().map(|s| s.to_string()).collect();
+        for (i, k) in self.identity.custom_kinds.iter().enumerate() {
+            if !kinds.insert(k.name.clone()) {
+                bad(format!("identity.custom_kinds[{i}].name"), format!("kind {:?} is already defined", k.name));
+            }
+            let ok_path = k.path.strip_prefix("external_id:").map(|t| !t.is_empty()).unwrap_or_else(|| {
+                ["traits.", "properties.", "context."].iter().any(|p| k.path.len() > p.len() && k.path.starts_with(p))
+            });
+            if !ok_path {
+                bad(
+                    format!("identity.custom_kinds[{i}].path"),
+                    format!("expected \"traits.<path>\", \"properties.<path>\", \"context.<path>\" or \"external_id:<type>\", got {:?}", k.path),
+                );
+            }
+        }
+        for (kind, limit) in &self.identity.limits {
+            if !kinds.contains(kind) {
+                bad(format!("identity.limits.{kind}"), format!("unknown identifier kind; expected one of {}", join(&kinds)));
+            } else if *limit == 0 {
+                bad(format!("identity.limits.{kind}"), "expected a limit of at least 1".into());
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, kind) in self.identity.priority.iter().enumerate() {
+            if !kinds.contains(kind) {
+                bad(format!("identity.priority[{i}]"), format!("unknown identifier kind {kind:?}; expected one of {}", join(&kinds)));
+            } else if !seen.insert(kind) {
+                bad(format!("identity.priority[{i}]"), format!("kind {kind:?} is listed twice"));
+            }
+        }
+        let mut defined = BTreeSet::new();
+        for (i, t) in self.traits.iter().enumerate() {
+            check_named(&mut bad, &mut defined, &format!("traits[{i}]"), &t.name, &t.query);
+        }
+        for (i, a) in self.audiences.iter().enumerate() {
+            check_named(&mut bad, &mut defined, &format!("audiences[{i}]"), &a.name, &a.query);
+        }
+        let mut sink_names = BTreeSet::new();
+        for (i, s) in self.sinks.iter().enumerate() {
+            if !sink_names.insert(s.name().to_string()) {
+                bad(format!("sinks[{i}].name"), format!("duplicate sink name {:?}", s.name()));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecError::Invalid(errs))
+        }
+    }
+}
+
+fn check_named(bad: &mut impl FnMut(String, String), defined: &mut BTreeSet<String>, key: &str, name: &str, query: &str) {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        bad(format!("{key}.name"), format!("expected a name of letters, digits, '-' and '_', got {name:?}"));
+    } else if !defined.insert(name.to_string()) {
+        bad(format!("{key}.name"), format!("{name:?} is already defined as a trait or audience"));
+    }
+    if query.trim().is_empty() {
+        bad(format!("{key}.query"), "expected a non-empty query".into());
+    }
+}
+
+fn join(set: &BTreeSet<String>) -> String {
+    set.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[job]
+name = "t"
+[[sources]]
+type = "file"
+name = "events"
+path = "events.jsonl"
+[[sinks]]
+type = "stdout"
+name = "counts"
+output = "counts"
+"#;
+
+    fn err_of(text: &str) -> String {
+        match JobSpec::from_toml(text).and_then(|s| s.validate().map(|_| s)) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_spec_has_segment_like_defaults() {
+        let s = JobSpec::from_toml(MINIMAL).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.dedupe.window, DurationMs(86_400_000));
+        assert_eq!(s.identity.limits["user_id"], 1);
+        assert_eq!(s.identity.limits["email"], 5);
+        assert!(s.identity.blocked_values.contains(&"anonymous".to_string()));
+        assert_eq!(s.sinks[0].output(), OutputName::Counts);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err_of(&MINIMAL.replace("path = \"events.jsonl\"", "pth = \"events.jsonl\""));
+        assert!(e.contains("pth"), "{e}");
+        assert!(e.contains("line"), "{e}");
+        let e = err_of(&format!("{MINIMAL}\n[dedupe]\nwindw = \"1h\"\n"));
+        assert!(e.contains("windw") && e.contains("window"), "{e}");
+    }
+
+    #[test]
+    fn wrong_values_say_what_is_expected() {
+        let e = err_of(&format!("{MINIMAL}\n[dedupe]\nwindow = \"soon\"\n"));
+        assert!(e.contains("expected a duration"), "{e}");
+        let e = err_of(&format!("{MINIMAL}\n[dedupe]\nwindow = \"31d\"\n"));
+        assert!(e.contains("dedupe.window"), "{e}");
+        let e = err_of(&MINIMAL.replace("output = \"counts\"", "output = \"profiles\""));
+        assert!(e.contains("profiles") && e.contains("counts"), "{e}");
+        let e = err_of(&MINIMAL.replace("type = \"file\"", "type = \"ftp\""));
+        assert!(e.contains("ftp"), "{e}");
+        let e = err_of(&format!("{MINIMAL}\n[identity]\nblocked_values = [\"(\"]\nlimits = {{ shoe_size = 2 }}\n"));
+        assert!(e.contains("identity.blocked_values[0]"), "{e}");
+        assert!(e.contains("identity.limits.shoe_size"), "{e}");
+        let e = err_of(&format!("{MINIMAL}\n[[audiences]]\nname = \"a\"\nquery = \"x\"\n[[audiences]]\nname = \"a\"\nquery = \"\"\n"));
+        assert!(e.contains("audiences[1].name") && e.contains("audiences[1].query"), "{e}");
+        let e = err_of("[job]\nname = \"bad name\"\n");
+        assert!(e.contains("job.name") && e.contains("sources"), "{e}");
+        let e = err_of("[job]\nname = 5\n");
+        assert!(e.contains("name"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(DurationMs::parse("30d"), Ok(DurationMs(30 * 86_400_000)));
+        assert_eq!(DurationMs::parse("15m"), Ok(DurationMs(900_000)));
+        assert_eq!(DurationMs::parse("500ms"), Ok(DurationMs(500)));
+        assert!(DurationMs::parse("d").is_err());
+        assert!(DurationMs::parse("5y").is_err());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_spec_directory() {
+        let mut s = JobSpec::from_toml(MINIMAL).unwrap();
+        s.resolve_paths(Path::new("/jobs"));
+        match &s.sources[0] {
+            SourceSpec::File { path, .. } => assert_eq!(path, Path::new("/jobs/events.jsonl")),
+        }
+    }
+}

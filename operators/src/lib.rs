@@ -1,0 +1,15 @@
+//! Generic timely / differential operators used by Weft.
+//!
+//! Nothing here knows about customers, events or I/O: operators take
+//! collections and closures. Customer-data semantics live in `weft-dataflows`,
+//! sources and sinks in `weft-connectors`.
+//!
+//! | module | operator | state |
+//! |---|---|---|
+//! | [`split`] | [`split::SplitResults::split_results`]: one collection of `Result`s into two | none |
+//! | [`by_time`] | [`by_time::SinkByTime::sink_by_time`]: consolidated updates per completed time, in time order | updates of incomplete times |
+
+#![forbid(missing_docs)]
+
+pub mod by_time;
+pub mod split;

@@ -1,0 +1,1 @@
+//! Shared helpers for Weft end-to-end tests.
