@@ -1,1 +1,3 @@
 //! Weft benchmark harness and event generator.
+
+pub mod gen;

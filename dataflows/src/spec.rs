@@ -49,7 +49,7 @@ impl fmt::Display for Invalid {
 }
 
 /// A span of time written like `30d`, `24h`, `15m`, `90s` or `500ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DurationMs(pub u64);
 
 impl DurationMs {
@@ -69,6 +69,12 @@ impl DurationMs {
             _ => return Err(format!("expected a duration like \"24h\", \"30d\" or \"15m\" (units ms, s, m, h, d, w), got {s:?}")),
         };
         n.checked_mul(mult).map(DurationMs).ok_or_else(|| format!("duration {s:?} is too large"))
+    }
+}
+
+impl Serialize for DurationMs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", self.0))
     }
 }
 
@@ -560,6 +566,14 @@ output = "counts"
         assert!(e.contains("job.name") && e.contains("sources"), "{e}");
         let e = err_of("[job]\nname = 5\n");
         assert!(e.contains("name"), "{e}");
+    }
+
+    #[test]
+    fn specs_round_trip_through_toml() {
+        let mut s = JobSpec::from_toml(&format!("{MINIMAL}\n[dedupe]\nwindow = \"2d\"\n")).unwrap();
+        s.resolve_paths(Path::new("/x"));
+        let again = JobSpec::from_toml(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(s, again);
     }
 
     #[test]

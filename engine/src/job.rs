@@ -1,0 +1,273 @@
+//! Building a job's dataflow on one worker.
+//!
+//! ```text
+//!  [[sources]] ──► Source:<name> (one per source; this worker's part) ─┐
+//!                                                                      ├─ concat ─► ingest ─┬─ events ─► Sink:<name>
+//!                                                                      ┘                    ├─ errors ─► Sink:<name>
+//!                                                                                           └─ counts ─► Sink:<name>, Summary
+//! ```
+//!
+//! Every worker builds the same operators in the same order (timely requires
+//! it); only the data each worker's source parts read differs. Single-writer
+//! sinks route all updates to worker 0, so output does not depend on the
+//! number of workers.
+//!
+//! A part that fails (an unreadable file, a sink that cannot write) is
+//! recorded as a job error and the rest of the job goes on.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::Scope;
+use timely::scheduling::Activator;
+use timely::worker::Worker;
+use weft_connectors::file_sink::JsonLinesSink;
+use weft_connectors::file_source::FileSourceConfig;
+use weft_connectors::sink::Sink;
+use weft_connectors::source::{Decoded, PartProgress, Poll, SourcePart};
+use weft_dataflows::ingest::ingest;
+use weft_dataflows::record::{CountKey, WriteJson};
+use weft_dataflows::spec::{JobSpec, OutputName, SinkSpec, SourceSpec};
+use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
+
+use crate::runtime::{JobId, JobMetrics, Shared};
+
+/// Records a source part produces per activation before yielding to other operators.
+const SOURCE_BATCH: usize = 8192;
+
+/// A job's dataflow on one worker.
+pub struct RunningJob {
+    /// The job's name.
+    pub name: String,
+    /// The timely dataflow index (for `drop_dataflow`).
+    pub dataflow_index: usize,
+    stop: Rc<Cell<bool>>,
+    activators: Rc<RefCell<Vec<Activator>>>,
+    sinks_total: usize,
+    sinks_done: Rc<Cell<usize>>,
+    counts: Rc<RefCell<Option<BTreeMap<CountKey, isize>>>>,
+}
+
+impl RunningJob {
+    /// Stops the sources: they release their capabilities at their next activation.
+    pub fn stop(&self) {
+        self.stop.set(true);
+        for a in self.activators.borrow().iter() {
+            a.activate();
+        }
+    }
+
+    /// Whether every sink on this worker has seen its input complete.
+    pub fn is_complete(&self) -> bool {
+        self.sinks_done.get() == self.sinks_total
+    }
+
+    /// The final counts (worker 0 only).
+    pub fn take_counts(&self) -> Option<BTreeMap<CountKey, isize>> {
+        self.counts.borrow_mut().take()
+    }
+}
+
+/// Builds `spec`'s dataflow on this worker.
+pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Shared>) -> RunningJob {
+    let index = worker.index();
+    let peers = worker.peers();
+    let name = spec.job.name.clone();
+    let metrics = shared.with_job(id, &name, |s| s.metrics.clone());
+    let stop = Rc::new(Cell::new(false));
+    let activators = Rc::new(RefCell::new(Vec::new()));
+    let sinks_done = Rc::new(Cell::new(0));
+    let counts = Rc::new(RefCell::new(None));
+    let dataflow_index = worker.next_dataflow_index();
+    let mut sinks_total = 0;
+
+    worker.dataflow_named::<u64, _, _>(&format!("job-{name}"), |scope| {
+        // STEP 1. Sources: each worker reads its part of each source.
+        let mut decoded = Vec::new();
+        for (file_index, src) in spec.sources.iter().enumerate() {
+            match src {
+                SourceSpec::File { name: src_name, path, compression, chunk_bytes } => {
+                    let config = FileSourceConfig {
+                        name: src_name.clone(),
+                        path: path.clone(),
+                        compression: *compression,
+                        chunk_bytes: *chunk_bytes,
+                        file_index,
+                    };
+                    let part = match config.part(index, peers) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            if index == 0 {
+                                shared.job_error(id, &name, format!("source {src_name}: {e}"));
+                            }
+                            None
+                        }
+                    };
+                    if index == 0 {
+                        if let Some(p) = &part {
+                            metrics.total.fetch_add(p.progress().total.unwrap_or(0), Ordering::Relaxed);
+                        }
+                    }
+                    decoded.push(source_operator(scope, src_name, part, &stop, &activators, &metrics));
+                }
+            }
+        }
+        let decoded = differential_dataflow::collection::concatenate(scope, decoded);
+
+        // STEP 2. The ingest dataflow.
+        let outputs = ingest(decoded);
+
+        // STEP 3. Sinks, then the summary (final counts for the controller).
+        for sink in &spec.sinks {
+            sinks_total += 1;
+            let cx = SinkContext { job: id, job_name: &name, index, shared, metrics: &metrics, done: &sinks_done };
+            match sink.output() {
+                OutputName::Events => attach_sink(outputs.events.clone(), sink, &cx),
+                OutputName::Errors => attach_sink(outputs.errors.clone(), sink, &cx),
+                OutputName::Counts => attach_sink(outputs.counts.clone(), sink, &cx),
+            }
+        }
+        sinks_total += 1;
+        let done = sinks_done.clone();
+        let summary = counts.clone();
+        let mut acc: BTreeMap<CountKey, isize> = BTreeMap::new();
+        outputs.counts.sink_by_time("Summary", SinkTarget::Worker(0), move |ev| match ev {
+            SinkEvent::Updates { updates, .. } => {
+                for ((key, count), diff) in updates {
+                    *acc.entry(key.clone()).or_default() += count * diff;
+                }
+                acc.retain(|_, v| *v != 0);
+            }
+            SinkEvent::Progress { frontier } => {
+                if frontier.is_empty() {
+                    if index == 0 {
+                        *summary.borrow_mut() = Some(std::mem::take(&mut acc));
+                    }
+                    done.set(done.get() + 1);
+                }
+            }
+        });
+    });
+
+    RunningJob { name, dataflow_index, stop, activators, sinks_total, sinks_done, counts }
+}
+
+/// A timely source operator around one worker's part of a source.
+fn source_operator<'s, P: SourcePart + 'static>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    part: Option<P>,
+    stop: &Rc<Cell<bool>>,
+    activators: &Rc<RefCell<Vec<Activator>>>,
+    metrics: &Arc<JobMetrics>,
+) -> VecCollection<'s, u64, Decoded, isize> {
+    let stop = stop.clone();
+    let metrics = metrics.clone();
+    source::<_, CapacityContainerBuilder<Vec<(Decoded, u64, isize)>>, _, _>(scope, &format!("Source:{name}"), |cap, info| {
+        let activator = scope.activator_for(info.address);
+        activators.borrow_mut().push(activator.clone());
+        let mut cap = Some(cap);
+        let mut part = part;
+        let mut buf: Vec<(Decoded, u64)> = Vec::with_capacity(SOURCE_BATCH);
+        let mut reported = PartProgress::default();
+        move |output| {
+            let (Some(c), Some(p)) = (cap.as_mut(), part.as_mut()) else {
+                cap = None;
+                return;
+            };
+            if stop.get() {
+                cap = None;
+                return;
+            }
+            let poll = p.poll(&mut buf, SOURCE_BATCH);
+            let mut rejected = 0u64;
+            let mut records = buf.drain(..).peekable();
+            while let Some((first, time)) = records.next() {
+                let at = c.delayed(&time);
+                let mut session = output.session(&at);
+                rejected += u64::from(first.is_err());
+                session.give((first, time, 1));
+                while let Some((d, t)) = records.next_if(|(_, t)| *t == time) {
+                    rejected += u64::from(d.is_err());
+                    session.give((d, t, 1));
+                }
+            }
+            let now = p.progress();
+            metrics.records.fetch_add(now.records - reported.records, Ordering::Relaxed);
+            metrics.consumed.fetch_add(now.consumed - reported.consumed, Ordering::Relaxed);
+            metrics.rejected.fetch_add(rejected, Ordering::Relaxed);
+            reported = now;
+            match poll {
+                Poll::Done => cap = None,
+                Poll::Pending { lower } => {
+                    c.downgrade(&lower);
+                    activator.activate();
+                }
+            }
+        }
+    })
+    .as_collection()
+}
+
+struct SinkContext<'a> {
+    job: JobId,
+    job_name: &'a str,
+    index: usize,
+    shared: &'a Arc<Shared>,
+    metrics: &'a Arc<JobMetrics>,
+    done: &'a Rc<Cell<usize>>,
+}
+
+/// Attaches a single-writer sink (on worker 0) to an output collection.
+fn attach_sink<D>(collection: VecCollection<'_, u64, D, isize>, spec: &SinkSpec, cx: &SinkContext<'_>)
+where
+    D: timely::ExchangeData + Ord + Clone + WriteJson,
+{
+    let sink_name = spec.name().to_string();
+    let mut sink: Option<Box<dyn Sink<D>>> = None;
+    if cx.index == 0 {
+        let created: std::io::Result<Box<dyn Sink<D>>> = match spec {
+            SinkSpec::File { path, .. } => JsonLinesSink::create(path).map(|s| Box::new(s) as Box<dyn Sink<D>>),
+            SinkSpec::Stdout { .. } => Ok(Box::new(JsonLinesSink::stdout())),
+        };
+        match created {
+            Ok(s) => sink = Some(s),
+            Err(e) => cx.shared.job_error(cx.job, cx.job_name, format!("sink {sink_name}: {e}; its output is discarded")),
+        }
+    }
+    let (job, job_name, shared) = (cx.job, cx.job_name.to_string(), cx.shared.clone());
+    let metrics = cx.metrics.clone();
+    let done = cx.done.clone();
+    collection.sink_by_time(&format!("Sink:{sink_name}"), SinkTarget::Worker(0), move |ev| {
+        let result = match (&mut sink, ev) {
+            (Some(s), SinkEvent::Updates { time, updates }) => {
+                metrics.sink_lines.fetch_add(updates.len() as u64, Ordering::Relaxed);
+                s.write(*time, updates)
+            }
+            (Some(s), SinkEvent::Progress { frontier }) => {
+                let r = s.commit(frontier);
+                if frontier.is_empty() {
+                    done.set(done.get() + 1);
+                }
+                r
+            }
+            (None, SinkEvent::Progress { frontier }) => {
+                if frontier.is_empty() {
+                    done.set(done.get() + 1);
+                }
+                Ok(())
+            }
+            (None, SinkEvent::Updates { .. }) => Ok(()),
+        };
+        if let Err(e) = result {
+            shared.job_error(job, &job_name, format!("sink {sink_name}: {e}; its further output is discarded"));
+            sink = None;
+        }
+    });
+}

@@ -1,0 +1,167 @@
+//! `weft run` and `weft validate`.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_dataflows::record::CountKey;
+use weft_dataflows::spec::{JobSpec, SourceSpec};
+
+use crate::runtime::{Cluster, ClusterConfig, JobReport, JobStatus};
+
+/// Sections a spec may contain that this version validates but does not yet evaluate.
+const NOT_YET_EVALUATED: [&str; 5] = ["dedupe", "identity", "traits", "audiences", "regulations"];
+
+/// Loads and validates a spec; returns it with a list of warnings.
+pub fn validate(path: &Path) -> anyhow::Result<(JobSpec, Vec<String>)> {
+    let spec = JobSpec::load(path)?;
+    let mut warnings = Vec::new();
+    let text = std::fs::read_to_string(path)?;
+    if let Ok(table) = text.parse::<toml::Table>() {
+        for key in NOT_YET_EVALUATED {
+            if table.contains_key(key) {
+                warnings.push(format!("[{key}] is validated but not evaluated by this version of weft"));
+            }
+        }
+    }
+    for s in &spec.sources {
+        match s {
+            SourceSpec::File { name, path, .. } => {
+                if !path.is_file() {
+                    anyhow::bail!("source {name}: file {} does not exist", path.display());
+                }
+            }
+        }
+    }
+    Ok((spec, warnings))
+}
+
+/// Options of `weft run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Worker threads.
+    pub workers: usize,
+    /// Show progress on stderr.
+    pub progress: bool,
+}
+
+/// Runs a job on an embedded cluster until its bounded sources are exhausted,
+/// or until `interrupt` is set (then the job drains and stops cleanly).
+pub fn run(spec: &JobSpec, options: &RunOptions, interrupt: Arc<AtomicBool>) -> anyhow::Result<JobReport> {
+    let cluster = Cluster::start(ClusterConfig { workers: options.workers })?;
+    let id = cluster.submit(spec)?;
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last_print = Instant::now();
+    let mut last_records = 0u64;
+    let mut dropped = false;
+    let mut progress_shown = false;
+    let report = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let report = cluster.report(id).expect("the job is registered");
+        if report.status == JobStatus::Finished {
+            break report;
+        }
+        if interrupt.load(Ordering::Relaxed) && !dropped {
+            eprintln!("\ninterrupted: stopping sources and draining {}", spec.job.name);
+            cluster.drop_job(id)?;
+            dropped = true;
+        }
+        let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(10) };
+        if options.progress && last_print.elapsed() >= every && started.elapsed() >= Duration::from_secs(1) {
+            let rate = (report.records - last_records) as f64 / last_print.elapsed().as_secs_f64();
+            let lag = report.total.saturating_sub(report.consumed);
+            let pct = if report.total > 0 { 100.0 * report.consumed as f64 / report.total as f64 } else { 0.0 };
+            let line = format!(
+                "{}: {} records, {}/s, {:.0}% read, lag {}",
+                report.name,
+                human(report.records as f64),
+                human(rate),
+                pct,
+                human_bytes(lag)
+            );
+            if tty {
+                eprint!("\r{line}\x1b[K");
+            } else {
+                eprintln!("{line}");
+            }
+            let _ = std::io::stderr().flush();
+            progress_shown = true;
+            last_print = Instant::now();
+            last_records = report.records;
+        }
+    };
+    if progress_shown && tty {
+        eprintln!();
+    }
+    cluster.shutdown()?;
+    Ok(report)
+}
+
+/// Formats a report as the end-of-run summary.
+pub fn summary(report: &JobReport) -> String {
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    let mut s = format!(
+        "job {} finished in {:.2}s: {} records ({:.0} records/s, {}/s), {} valid, {} rejected, {} changes written\n",
+        report.name,
+        secs,
+        report.records,
+        report.records as f64 / secs,
+        human_bytes((report.consumed as f64 / secs) as u64),
+        report.records - report.rejected,
+        report.rejected,
+        report.sink_lines,
+    );
+    let section = |s: &mut String, title: &str, rows: Vec<(String, isize)>| {
+        if !rows.is_empty() {
+            s.push_str(&format!("  {title}:\n"));
+            for (k, v) in rows {
+                s.push_str(&format!("    {k:<32} {v:>12}\n"));
+            }
+        }
+    };
+    let mut types = Vec::new();
+    let mut events = Vec::new();
+    let mut rejected = Vec::new();
+    for (k, v) in &report.counts {
+        match k {
+            CountKey::Type(t) => types.push((t.to_string(), *v)),
+            CountKey::TrackEvent(e) => events.push((e.to_string(), *v)),
+            CountKey::Rejected(r) => rejected.push((r.to_string(), *v)),
+        }
+    }
+    events.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    events.truncate(15);
+    section(&mut s, "events by type", types);
+    section(&mut s, "top track events", events);
+    section(&mut s, "rejected by reason", rejected);
+    for e in &report.errors {
+        s.push_str(&format!("  error: {e}\n"));
+    }
+    s
+}
+
+fn human(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn human_bytes(x: u64) -> String {
+    let x = x as f64;
+    if x >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", x / (1u64 << 30) as f64)
+    } else if x >= (1 << 20) as f64 {
+        format!("{:.1} MiB", x / (1 << 20) as f64)
+    } else if x >= 1024.0 {
+        format!("{:.1} KiB", x / 1024.0)
+    } else {
+        format!("{x:.0} B")
+    }
+}
