@@ -222,12 +222,12 @@ impl FilePart {
                 let Mode::Plain { file, next_chunk, .. } = &mut self.mode else { unreachable!() };
                 *file = Some(reader.into_inner());
                 if produced >= budget {
-                    return Ok(Poll::Pending { lower: *next_chunk });
+                    return Ok(Poll::Pending { lower: *next_chunk, idle: false });
                 }
                 continue;
             }
             if produced >= budget {
-                return Ok(Poll::Pending { lower: chunk.time });
+                return Ok(Poll::Pending { lower: chunk.time, idle: false });
             }
             let offset = chunk.pos;
             let time = chunk.time;
@@ -263,7 +263,7 @@ impl FilePart {
             out.push((decoded, start / chunk_bytes));
         }
         let Mode::Gzip { offset, .. } = &self.mode else { unreachable!() };
-        Ok(Poll::Pending { lower: *offset / chunk_bytes })
+        Ok(Poll::Pending { lower: *offset / chunk_bytes, idle: false })
     }
 }
 
@@ -323,7 +323,7 @@ mod tests {
                 }
                 match p {
                     Poll::Done => break,
-                    Poll::Pending { lower } => last_lower = lower,
+                    Poll::Pending { lower, .. } => last_lower = lower,
                 }
             }
             for (d, t) in out {

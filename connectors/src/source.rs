@@ -13,6 +13,9 @@ pub enum Poll {
     Pending {
         /// Lower bound on the times of future records (the worker's new capability).
         lower: u64,
+        /// Nothing is available right now (an unbounded source caught up): the
+        /// engine polls again after a short delay instead of at once.
+        idle: bool,
     },
     /// The part is exhausted (bounded sources only).
     Done,

@@ -41,6 +41,9 @@ use crate::runtime::{JobId, JobMetrics, Shared};
 /// Records a source part produces per activation before yielding to other operators.
 const SOURCE_BATCH: usize = 8192;
 
+/// How long an idle (caught-up) unbounded source waits before polling again.
+const SOURCE_IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// A job's dataflow on one worker.
 pub struct RunningJob {
     /// The job's name.
@@ -205,9 +208,13 @@ fn source_operator<'s, P: SourcePart + 'static>(
             reported = now;
             match poll {
                 Poll::Done => cap = None,
-                Poll::Pending { lower } => {
+                Poll::Pending { lower, idle } => {
                     c.downgrade(&lower);
-                    activator.activate();
+                    if idle {
+                        activator.activate_after(SOURCE_IDLE_POLL);
+                    } else {
+                        activator.activate();
+                    }
                 }
             }
         }

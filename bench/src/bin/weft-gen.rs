@@ -15,7 +15,7 @@ use weft_bench::gen::{self, GenConfig, GenStats, DAY_MS};
 
 /// Generate a seeded, realistic Segment event stream as JSON lines.
 #[derive(Debug, Parser)]
-#[command(name = "weft-gen", version, about)]
+#[command(name = "weft-gen", version)]
 struct Args {
     /// Total number of lines to write (good events + duplicates + malformed).
     #[arg(long, default_value_t = 1_000_000)]
