@@ -417,8 +417,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
-/// An identifier: Segment SDKs send strings; numbers are accepted and kept as
-/// their decimal text (some server libraries send numeric user ids).
+/// An identifier. The Segment spec makes ids strings; a number or any other
+/// JSON type is rejected as `wrong_type` (so `1` and `"1"` never silently
+/// become the same person).
 #[derive(Debug)]
 struct Id<'a>(Cow<'a, str>);
 
@@ -428,7 +429,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Id<'a> {
         impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
             type Value = Id<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or an integer")
+                f.write_str("a string")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
                 Ok(Id(Cow::Borrowed(v)))
@@ -439,14 +440,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Id<'a> {
             fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
                 Ok(Id(Cow::Owned(v)))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Id(Cow::Owned(v.to_string())))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Id(Cow::Owned(v.to_string())))
-            }
         }
-        d.deserialize_any(V(std::marker::PhantomData))
+        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 
@@ -548,17 +543,17 @@ fn classify_json_error(e: &serde_json::Error) -> Rejection {
 
 /// Parses an ISO-8601 timestamp into milliseconds since the epoch.
 ///
-/// Accepts RFC 3339 (`2026-01-02T03:04:05.678Z`, `+01:00` offsets), a space
-/// instead of `T`, a date-time without offset (read as UTC) and a bare date.
+/// Accepts RFC 3339 (`2026-01-02T03:04:05.678Z`, `+01:00` offsets), an
+/// offset without colon (`+0100`), a `T` date-time without offset (read as
+/// UTC) and a bare date. A date and time separated by a space without an
+/// offset is rejected as ambiguous.
 pub fn parse_iso8601_ms(s: &str) -> Option<i64> {
     use chrono::{DateTime, NaiveDate, NaiveDateTime};
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt.timestamp_millis());
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(dt.and_utc().timestamp_millis());
-        }
+    if let Ok(dt) = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Some(dt.and_utc().timestamp_millis());
     }
     for fmt in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
         if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
@@ -752,7 +747,8 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
         })?,
         None => WireContext::default(),
     };
-    let traits_email: Option<WireEmailHolder<'_>> = match (traits, &wire_cx.traits) {
+    let context_email = wire_cx.traits.as_ref().and_then(|t| t.email.as_ref());
+    let traits_email: Option<WireEmailHolder<'_>> = match (traits, context_email) {
         (Some(raw), None) => serde_json::from_str(raw.get())
             .map_err(|e| Rejection::new(RejectReason::WrongType, format!("in `traits`: {e}")))?,
         _ => None,
@@ -833,7 +829,7 @@ mod tests {
         assert!(e.message_id().starts_with("weft-"));
         let e = ok(r#"{"type":"page","name":"Home","category":"Docs","anonymousId":"a1","timestamp":"2026-01-02"}"#);
         assert_eq!(e.get(Field::Name), Some("Home"));
-        let e = ok(r#"{"type":"screen","name":"Cart","userId":42,"context":{"device":{"id":"d-1"},"externalIds":[{"id":"c9","type":"crm_id","collection":"users","encoding":"none"}]},"timestamp":"2026-01-02T03:04:05+02:00"}"#);
+        let e = ok(r#"{"type":"screen","name":"Cart","userId":"42","context":{"device":{"id":"d-1"},"externalIds":[{"id":"c9","type":"crm_id","collection":"users","encoding":"none"}]},"timestamp":"2026-01-02T03:04:05+02:00"}"#);
         assert_eq!(e.user_id(), Some("42"));
         assert_eq!(e.get(Field::DeviceId), Some("d-1"));
         assert_eq!(e.external_ids().collect::<Vec<_>>(), vec![("crm_id", "c9")]);
@@ -877,6 +873,8 @@ mod tests {
         assert_eq!(err(b"{\"type\":\"page\",\"userId\":\"u\xff\"}"), RejectReason::InvalidUtf8);
         assert_eq!(err(br#"{"type":"page","userId":{"a":1},"timestamp":"2026-01-01"}"#), RejectReason::WrongType);
         assert_eq!(err(br#"{"type":"page","userId":"u","properties":5,"timestamp":"2026-01-01"}"#), RejectReason::WrongType);
+        assert_eq!(err(br#"{"type":"page","userId":42,"timestamp":"2026-01-01"}"#), RejectReason::WrongType);
+        assert_eq!(err(br#"{"type":"track","event":7,"userId":"u","timestamp":"2026-01-01"}"#), RejectReason::WrongType);
         assert_eq!(err(br#"{"type":"page","timestamp":"2026-01-01"}"#), RejectReason::MissingId);
         assert_eq!(err(br#"{"type":"alias","userId":"u","timestamp":"2026-01-01"}"#), RejectReason::MissingId);
         assert_eq!(err(br#"{"type":"track","userId":"u","timestamp":"2026-01-01"}"#), RejectReason::MissingField);
@@ -906,7 +904,8 @@ mod tests {
     fn iso8601_forms() {
         let base = parse_iso8601_ms("2026-03-04T05:06:07Z").unwrap();
         assert_eq!(parse_iso8601_ms("2026-03-04T05:06:07"), Some(base));
-        assert_eq!(parse_iso8601_ms("2026-03-04 05:06:07"), Some(base));
+        assert_eq!(parse_iso8601_ms("2026-03-04 05:06:07"), None);
+        assert_eq!(parse_iso8601_ms("2026-03-04 05:06:07Z"), Some(base));
         assert_eq!(parse_iso8601_ms("2026-03-04T06:06:07+01:00"), Some(base));
         assert_eq!(parse_iso8601_ms("2026-03-04T06:06:07+0100"), Some(base));
         assert_eq!(parse_iso8601_ms("2026-03-04T05:06:07.250Z"), Some(base + 250));
