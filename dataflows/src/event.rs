@@ -210,6 +210,11 @@ pub const MAX_NESTING: usize = 64;
 /// Returns the byte offset where nesting first exceeds `max`, if it does.
 /// Skips string contents (including escaped quotes).
 fn exceeds_depth(bytes: &[u8], max: usize) -> Option<usize> {
+    // Fast path: with at most `max` opening brackets in total, nesting cannot
+    // exceed `max`. This count is SIMD (memchr); the exact scan below does not.
+    if memchr::memchr2_iter(b'{', b'[', bytes).take(max + 1).count() <= max {
+        return None;
+    }
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;

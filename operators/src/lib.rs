@@ -7,9 +7,11 @@
 //! | module | operator | state |
 //! |---|---|---|
 //! | [`split`] | [`split::SplitResults::split_results`]: one collection of `Result`s into two | none |
+//! | [`dedupe`] | [`dedupe::DedupeByKey::dedupe_by_key`]: drop records whose key was seen within an event-time window | 128-bit key fingerprints by event-time bucket (≤ 16 B/key), optionally spilled to disk |
 //! | [`by_time`] | [`by_time::SinkByTime::sink_by_time`]: consolidated updates per completed time, in time order | updates of incomplete times |
 
 #![forbid(missing_docs)]
 
 pub mod by_time;
+pub mod dedupe;
 pub mod split;
