@@ -12,5 +12,6 @@
 
 pub mod event;
 pub mod ingest;
+pub mod query;
 pub mod record;
 pub mod spec;

@@ -470,9 +470,33 @@ impl JobSpec {
         let mut defined = BTreeSet::new();
         for (i, t) in self.traits.iter().enumerate() {
             check_named(&mut bad, &mut defined, &format!("traits[{i}]"), &t.name, &t.query);
+            if !t.query.trim().is_empty() {
+                if let Err(e) = crate::query::parse_computed_trait(&t.query) {
+                    bad(format!("traits[{i}].query"), e.to_string());
+                }
+            }
         }
+        let trait_names: BTreeSet<&str> = self.traits.iter().map(|t| t.name.as_str()).collect();
+        let audience_names: BTreeSet<&str> = self.audiences.iter().map(|a| a.name.as_str()).collect();
         for (i, a) in self.audiences.iter().enumerate() {
             check_named(&mut bad, &mut defined, &format!("audiences[{i}]"), &a.name, &a.query);
+            if a.query.trim().is_empty() {
+                continue;
+            }
+            match crate::query::parse_audience(&a.query) {
+                Err(e) => bad(format!("audiences[{i}].query"), e.to_string()),
+                Ok(cond) => {
+                    let (mut auds, mut comps) = (Vec::new(), Vec::new());
+                    cond.audiences(&mut auds);
+                    cond.computed(&mut comps);
+                    for r in auds.iter().filter(|r| !audience_names.contains(r.as_str())) {
+                        bad(format!("audiences[{i}].query"), format!("refers to audience {r:?}, which is not defined"));
+                    }
+                    for r in comps.iter().filter(|r| !trait_names.contains(r.as_str())) {
+                        bad(format!("audiences[{i}].query"), format!("refers to computed trait {r:?}, which is not defined"));
+                    }
+                }
+            }
         }
         let mut sink_names = BTreeSet::new();
         for (i, s) in self.sinks.iter().enumerate() {
@@ -562,6 +586,9 @@ output = "counts"
         assert!(e.contains("identity.limits.shoe_size"), "{e}");
         let e = err_of(&format!("{MINIMAL}\n[[audiences]]\nname = \"a\"\nquery = \"x\"\n[[audiences]]\nname = \"a\"\nquery = \"\"\n"));
         assert!(e.contains("audiences[1].name") && e.contains("audiences[1].query"), "{e}");
+        assert!(e.contains("audiences[0].query: line 1, column 1: expected"), "{e}");
+        let e = err_of(&format!("{MINIMAL}\n[[audiences]]\nname = \"a\"\nquery = 'audience(\"b\") or computed.ltv > 1'\n"));
+        assert!(e.contains("audience \"b\"") && e.contains("computed trait \"ltv\""), "{e}");
         let e = err_of("[job]\nname = \"bad name\"\n");
         assert!(e.contains("job.name") && e.contains("sources"), "{e}");
         let e = err_of("[job]\nname = 5\n");
