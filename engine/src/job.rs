@@ -1,7 +1,7 @@
 //! Building a job's dataflow on one worker.
 //!
 //! ```text
-//!  [[sources]] ──► Source:<name> (one per source; this worker's part) ─┐
+//!  [[sources]] ──► Source:<name> ──► Reclock:<name> (files) ──────────┐
 //!                                                                      ├─ concat ─► ingest ─┬─ events ─► Sink:<name>
 //!                                                                      ┘                    ├─ errors ─► Sink:<name>
 //!                                                                                           └─ counts ─► Sink:<name>, Summary
@@ -35,6 +35,7 @@ use weft_dataflows::ingest::ingest;
 use weft_dataflows::record::{CountKey, WriteJson};
 use weft_dataflows::spec::{JobSpec, OutputName, SinkSpec, SourceSpec};
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
+use weft_operators::reclock::Reclock;
 
 use crate::runtime::{JobId, JobMetrics, Shared};
 
@@ -117,7 +118,10 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
                             metrics.total.fetch_add(p.progress().total.unwrap_or(0), Ordering::Relaxed);
                         }
                     }
-                    decoded.push(source_operator(scope, src_name, part, &stop, &activators, &metrics));
+                    // Files are replays: move chunk (position) times to the
+                    // watermark of the events' receive clock.
+                    let records = source_operator(scope, src_name, part, &stop, &activators, &metrics);
+                    decoded.push(records.reclock_to_watermark(&format!("Reclock:{src_name}"), replay_clock));
                 }
             }
         }
@@ -159,6 +163,13 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
     });
 
     RunningJob { name, dataflow_index, stop, activators, sinks_total, sinks_done, counts }
+}
+
+/// The clock a replayed event contributes to the watermark: when it was
+/// received (what a live run's ingestion clock would have read), else its
+/// event time. Rejected records do not move the clock.
+fn replay_clock(d: &Decoded) -> Option<u64> {
+    d.as_ref().ok().map(|e| e.received_at_ms.unwrap_or(e.time_ms).max(0) as u64)
 }
 
 /// A timely source operator around one worker's part of a source.

@@ -65,24 +65,24 @@ pub trait SinkByTime<T, D, R> {
     ///     let seen = Rc::new(RefCell::new(Vec::new()));
     ///     let log = seen.clone();
     ///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
-    ///         let (input, coll) = scope.new_collection::<&str, isize>();
+    ///         let (input, coll) = scope.new_collection::<char, isize>();
     ///         coll.sink_by_time("Collect", SinkTarget::Worker(0), move |ev| match ev {
     ///             SinkEvent::Updates { time, updates } => log.borrow_mut().push((*time, updates.to_vec())),
     ///             SinkEvent::Progress { .. } => {}
     ///         });
     ///         input
     ///     });
-    ///     input.insert("b"); input.insert("a"); input.insert("a");
+    ///     input.insert('b'); input.insert('a'); input.insert('a');
     ///     input.advance_to(2);
-    ///     input.remove("b");
-    ///     input.insert("c");
-    ///     input.remove("c");
+    ///     input.remove('b');
+    ///     input.insert('c');
+    ///     input.remove('c');
     ///     input.close();
     ///     while worker.step() {}
     ///     let v = seen.borrow().clone();
     ///     v
     /// });
-    /// assert_eq!(seen, vec![(0, vec![("a", 2), ("b", 1)]), (2, vec![("b", -1)])]);
+    /// assert_eq!(seen, vec![(0, vec![('a', 2), ('b', 1)]), (2, vec![('b', -1)])]);
     /// ```
     fn sink_by_time<L>(self, name: &str, target: SinkTarget, logic: L)
     where
