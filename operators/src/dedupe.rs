@@ -428,7 +428,7 @@ where
                 move |_cap, _info| {
                     let store = Store::new(bucket_ms, window_buckets, BUFFER_CAP, spill.map(|s| (s, format!("{name}-w{worker}"))));
                     let mut core = Core::new(store, lateness_ms, late, stats, name);
-                    let mut stash: BTreeMap<u64, (Capability<u64>, Vec<(D, isize)>)> = BTreeMap::new();
+                    let mut stash: BTreeMap<u64, Pending<D>> = BTreeMap::new();
                     let mut maxima: BTreeMap<u64, i64> = BTreeMap::new();
                     move |(data, data_frontier), (reports, report_frontier), output| {
                         let port = output.output_index();
@@ -474,6 +474,9 @@ where
             .as_collection()
     }
 }
+
+/// Records of one logical time waiting for it to complete, with a capability to send at it.
+type Pending<D> = (Capability<u64>, Vec<(D, isize)>);
 
 /// Keys buffered in a bucket's hash set before they become a sorted run.
 const BUFFER_CAP: usize = 16 * 1024;
@@ -650,6 +653,8 @@ fn set_heap_bytes(set: &FingerprintSet) -> usize {
 struct Run {
     bits: u32,
     width: usize,
+    /// Selects the stored low `width` bytes.
+    mask: u128,
     dir: Vec<u32>,
     bytes: Vec<u8>,
 }
@@ -670,7 +675,7 @@ impl Run {
         let width = 16 - (bits / 8) as usize;
         let slots = 1usize << bits;
         let mut dir = Vec::with_capacity(slots + 1);
-        let mut bytes = Vec::with_capacity(n * width);
+        let mut bytes = Vec::with_capacity(n * width + 16 - width);
         let mut count = 0u32;
         let mut last = None;
         for fp in keys {
@@ -684,10 +689,12 @@ impl Run {
             count += 1;
         }
         debug_assert_eq!(count as usize, n);
+        bytes.resize(bytes.len() + 16 - width, 0);
         while dir.len() <= slots {
             dir.push(count);
         }
-        Run { bits, width, dir, bytes }
+        let mask = if width == 16 { u128::MAX } else { (1u128 << (width * 8)) - 1 };
+        Run { bits, width, mask, dir, bytes }
     }
 
     fn slot_of(bits: u32, fp: u128) -> usize {
@@ -699,30 +706,36 @@ impl Run {
     }
 
     fn len(&self) -> usize {
-        self.bytes.len() / self.width
+        *self.dir.last().expect("a directory has at least two entries") as usize
     }
 
-    /// The stored low bytes of key `i`.
+    /// The stored low bytes of key `i`: one unaligned 16-byte load, masked
+    /// (`bytes` has `16 - width` bytes of padding at the end for the last key).
     fn low(&self, i: usize) -> u128 {
-        let mut buf = [0u8; 16];
-        buf[..self.width].copy_from_slice(&self.bytes[i * self.width..(i + 1) * self.width]);
-        u128::from_le_bytes(buf)
+        let start = i * self.width;
+        let word: [u8; 16] = self.bytes[start..start + 16].try_into().expect("16 bytes");
+        u128::from_le_bytes(word) & self.mask
     }
 
-    fn low_mask(&self) -> u128 {
-        if self.width == 16 {
-            u128::MAX
-        } else {
-            (1u128 << (self.width * 8)) - 1
-        }
-    }
 
     fn contains(&self, fp: u128) -> bool {
+        self.slot_contains(self.slot_range(fp), fp)
+    }
+
+    /// The positions of the keys in `fp`'s directory slot.
+    #[inline]
+    fn slot_range(&self, fp: u128) -> (u32, u32) {
         let s = Self::slot_of(self.bits, fp);
-        let want = fp & self.low_mask();
+        (self.dir[s], self.dir[s + 1])
+    }
+
+    /// Whether `fp` is among the keys at `range` (from [`Run::slot_range`]).
+    #[inline]
+    fn slot_contains(&self, range: (u32, u32), fp: u128) -> bool {
+        let want = fp & self.mask;
         // Keys in a slot share their top `bits` bits, which the stored bytes cover,
         // so the stored values are in key order.
-        for i in self.dir[s] as usize..self.dir[s + 1] as usize {
+        for i in range.0 as usize..range.1 as usize {
             let have = self.low(i);
             if have >= want {
                 return have == want;
@@ -783,6 +796,7 @@ impl SpillRun {
         let mut run = SpillRun { path, file, len: 0, index: Vec::new() };
         let mut out = BufWriter::with_capacity(64 * 1024, &run.file);
         for fp in keys {
+            #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; the workspace supports 1.85
             if run.len % BLOCK_KEYS == 0 {
                 run.index.push(fp);
             }
@@ -820,7 +834,7 @@ impl SpillRun {
                 hi = mid;
             }
         }
-        Ok(lo < n && key(lo) == fp && false)
+        Ok(lo < n && key(lo) == fp)
     }
 
     /// The keys in increasing order; panics if the file cannot be read.
@@ -862,18 +876,6 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn contains(&self, fp: u128, buf: &mut Vec<u8>) -> io::Result<bool> {
-        if self.buffer.contains(&fp) || self.runs.iter().rev().any(|r| r.contains(fp)) {
-            return Ok(true);
-        }
-        for s in &self.spilled {
-            if s.contains(fp, buf)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     fn insert(&mut self, fp: u128, buffer_cap: usize) {
         self.buffer.insert(fp);
         self.keys += 1;
@@ -1007,9 +1009,35 @@ impl Store {
     fn check_insert(&mut self, fp: u128, e: i64) -> io::Result<bool> {
         let b = self.bucket_of(e);
         let range = b.saturating_sub(self.window_buckets)..=b.saturating_add(self.window_buckets);
+        // Look up every in-memory run in two passes, directory slots first, so that
+        // the cache misses of different runs overlap instead of following each other.
+        const MAX_SPANS: usize = 64;
+        let mut spans = [(0u32, 0u32); MAX_SPANS];
+        let mut n = 0;
+        for (_, bucket) in self.buckets.range(range.clone()).rev() {
+            for run in &bucket.runs {
+                if n < MAX_SPANS {
+                    spans[n] = run.slot_range(fp);
+                    n += 1;
+                }
+            }
+        }
+        let mut k = 0;
         for (_, bucket) in self.buckets.range(range).rev() {
-            if bucket.contains(fp, &mut self.scratch)? {
+            if !bucket.buffer.is_empty() && bucket.buffer.contains(&fp) {
                 return Ok(true);
+            }
+            for run in &bucket.runs {
+                let hit = if k < n { run.slot_contains(spans[k], fp) } else { run.contains(fp) };
+                k += 1;
+                if hit {
+                    return Ok(true);
+                }
+            }
+            for spilled in &bucket.spilled {
+                if spilled.contains(fp, &mut self.scratch)? {
+                    return Ok(true);
+                }
             }
         }
         self.buckets.entry(b).or_default().insert(fp, self.buffer_cap);
