@@ -10,6 +10,7 @@
 
 #![forbid(missing_docs)]
 
+pub mod audience;
 pub mod event;
 pub mod ingest;
 pub mod query;

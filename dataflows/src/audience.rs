@@ -1,0 +1,579 @@
+//! Audiences and computed traits, compiled into differential dataflows.
+//!
+//! ```text
+//!  profile_events (P, Event) ──► per aggregate: select + extract ──► window ──► reduce ─► (P, AggValue)
+//!                                                                     (temporal filter)        │
+//!  profile_traits (P, key, json) ──► per trait leaf: extract ─────────────────────────────────┤
+//!  computed traits (P, AggValue) / other audiences (P) ───────────────────────────────────────┤
+//!  profiles (P) ──────────────────────────────────────────────────────────────────────────────┤
+//!                                                             concat ─► reduce per P: evaluate ─► members (P)
+//! ```
+//!
+//! **Windows are temporal filters.** An event with event time `e` that
+//! arrives at logical time `t` (ms) counts for a window `w` from `max(t, e)`
+//! until `e + w`: it is inserted at `max(t, e)` and retracted at `e + w`, so a
+//! membership exits exactly when its window runs out, whether or not other
+//! events arrive. A retraction of the event (a deletion, or the event moving
+//! to another profile on a merge/split) at time `t'` cancels what is left.
+//!
+//! **Values.** Paths read the event's raw JSON. Comparisons: numbers
+//! numerically, strings lexicographically (ISO dates order correctly),
+//! booleans by value; a missing or null value fails every test except `!=`
+//! (a missing value differs from any literal) and `= null`.
+//!
+//! **Aggregates** over the events in the window, per profile: `count`;
+//! `sum`, `avg`, `min`, `max` of numeric values (others ignored); `first` and
+//! `last` by (event time, messageId); `most_frequent` (ties: the smallest
+//! value); `unique` (sorted distinct values) and `unique_count`. A profile
+//! with no matching events has `count = 0`, `sum = 0`, `unique_count = 0`,
+//! `unique = []`, and null for the rest.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::Hash;
+
+use differential_dataflow::{AsCollection, VecCollection};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use timely::dataflow::operators::vec::Map as _;
+
+use crate::event::{write_json_string, Event, Field};
+use crate::query::{AggFunc, Aggregate, CmpOp, Condition, EventPath, EventSelector, Filter, Literal, Test, ValueRef};
+use crate::record::WriteJson;
+
+/// A value of an aggregate, a trait or a computed trait. Totally ordered so it
+/// can live in collections (numbers by `total_cmp`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AggValue {
+    /// Absent / null.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A number.
+    Num(f64),
+    /// A string.
+    Str(String),
+    /// A list (from `unique`, or a JSON array).
+    List(Vec<AggValue>),
+    /// Any other JSON (an object), as text.
+    Json(String),
+}
+
+impl AggValue {
+    fn rank(&self) -> u8 {
+        match self {
+            AggValue::Null => 0,
+            AggValue::Bool(_) => 1,
+            AggValue::Num(_) => 2,
+            AggValue::Str(_) => 3,
+            AggValue::List(_) => 4,
+            AggValue::Json(_) => 5,
+        }
+    }
+
+    /// Converts a JSON value.
+    pub fn from_json(v: &Json) -> AggValue {
+        match v {
+            Json::Null => AggValue::Null,
+            Json::Bool(b) => AggValue::Bool(*b),
+            Json::Number(n) => AggValue::Num(n.as_f64().unwrap_or(f64::NAN)),
+            Json::String(s) => AggValue::Str(s.clone()),
+            Json::Array(a) => AggValue::List(a.iter().map(AggValue::from_json).collect()),
+            Json::Object(_) => AggValue::Json(v.to_string()),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            AggValue::Null => out.extend_from_slice(b"null"),
+            AggValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            AggValue::Num(n) => {
+                if n.is_finite() {
+                    out.extend_from_slice(serde_json::Number::from_f64(*n).map(|x| x.to_string()).unwrap_or_default().as_bytes())
+                } else {
+                    out.extend_from_slice(b"null")
+                }
+            }
+            AggValue::Str(s) => write_json_string(out, s),
+            AggValue::List(l) => {
+                out.push(b'[');
+                for (i, v) in l.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    v.write(out);
+                }
+                out.push(b']');
+            }
+            AggValue::Json(j) => out.extend_from_slice(j.as_bytes()),
+        }
+    }
+}
+
+impl PartialEq for AggValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for AggValue {}
+impl PartialOrd for AggValue {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for AggValue {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (AggValue::Bool(a), AggValue::Bool(b)) => a.cmp(b),
+            (AggValue::Num(a), AggValue::Num(b)) => (a + 0.0).total_cmp(&(b + 0.0)), // -0 = 0
+            (AggValue::Str(a), AggValue::Str(b)) => a.cmp(b),
+            (AggValue::List(a), AggValue::List(b)) => a.cmp(b),
+            (AggValue::Json(a), AggValue::Json(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+}
+impl Hash for AggValue {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.rank().hash(state);
+        match self {
+            AggValue::Null => {}
+            AggValue::Bool(b) => b.hash(state),
+            AggValue::Num(n) => (n + 0.0).to_bits().hash(state),
+            AggValue::Str(s) | AggValue::Json(s) => s.hash(state),
+            AggValue::List(l) => l.hash(state),
+        }
+    }
+}
+
+fn literal_value(l: &Literal) -> AggValue {
+    match l {
+        Literal::Str(s) => AggValue::Str(s.clone()),
+        Literal::Num(n) => AggValue::Num(*n),
+        Literal::Bool(b) => AggValue::Bool(*b),
+        Literal::Null => AggValue::Null,
+    }
+}
+
+/// Applies a test to a value (see the module docs for the rules).
+pub fn apply_test(value: &AggValue, test: &Test) -> bool {
+    match test {
+        Test::Exists => !matches!(value, AggValue::Null),
+        Test::Contains(s) => match value {
+            AggValue::Str(v) => v.contains(s.as_str()),
+            AggValue::List(items) => items.iter().any(|i| matches!(i, AggValue::Str(v) if v == s)),
+            _ => false,
+        },
+        Test::In(items) => items.iter().any(|l| apply_test(value, &Test::Cmp(CmpOp::Eq, l.clone()))),
+        Test::Cmp(op, lit) => {
+            let lit = literal_value(lit);
+            if matches!(value, AggValue::Null) {
+                return match op {
+                    CmpOp::Eq => matches!(lit, AggValue::Null),
+                    CmpOp::Ne => !matches!(lit, AggValue::Null),
+                    _ => false,
+                };
+            }
+            if value.rank() != lit.rank() {
+                return *op == CmpOp::Ne;
+            }
+            let ord = value.cmp(&lit);
+            match op {
+                CmpOp::Eq => ord == Ordering::Equal,
+                CmpOp::Ne => ord != Ordering::Equal,
+                CmpOp::Lt => ord == Ordering::Less,
+                CmpOp::Le => ord != Ordering::Greater,
+                CmpOp::Gt => ord == Ordering::Greater,
+                CmpOp::Ge => ord != Ordering::Less,
+            }
+        }
+    }
+}
+
+fn lookup<'a>(mut v: &'a Json, path: &[String]) -> Option<&'a Json> {
+    for p in path {
+        v = v.get(p)?;
+    }
+    Some(v)
+}
+
+/// Reads an event path.
+pub fn event_value(e: &Event, path: &EventPath) -> AggValue {
+    let (field, sub) = match path {
+        EventPath::Event => return e.get(Field::Event).map_or(AggValue::Null, |s| AggValue::Str(s.into())),
+        EventPath::Name => return e.get(Field::Name).map_or(AggValue::Null, |s| AggValue::Str(s.into())),
+        EventPath::Properties(p) => (Field::Properties, p),
+        EventPath::Context(p) => (Field::Context, p),
+        EventPath::Traits(p) => (Field::Traits, p),
+    };
+    let Some(raw) = e.get(field) else { return AggValue::Null };
+    match serde_json::from_str::<Json>(raw) {
+        Ok(v) => lookup(&v, sub).map_or(AggValue::Null, AggValue::from_json),
+        Err(_) => AggValue::Null,
+    }
+}
+
+fn filter_matches(e: &Event, f: &Filter) -> bool {
+    match f {
+        Filter::And(v) => v.iter().all(|f| filter_matches(e, f)),
+        Filter::Or(v) => v.iter().any(|f| filter_matches(e, f)),
+        Filter::Not(f) => !filter_matches(e, f),
+        Filter::Test(path, test) => apply_test(&event_value(e, path), test),
+    }
+}
+
+/// Whether an event is selected (type, name, `where`), ignoring the window.
+pub fn selects(sel: &EventSelector, e: &Event) -> bool {
+    if let Some(k) = sel.kind {
+        if e.kind != k {
+            return false;
+        }
+    }
+    if let Some(n) = &sel.name {
+        let name = e.get(Field::Event).or_else(|| e.get(Field::Name));
+        if name != Some(n.as_str()) {
+            return false;
+        }
+    }
+    sel.filter.as_ref().is_none_or(|f| filter_matches(e, f))
+}
+
+/// One event's contribution to an aggregate: its (event time, messageId) for
+/// ordering, and the extracted value (`Null` for `count`).
+pub type Contribution = (i64, String, AggValue);
+
+/// The contribution of an event to an aggregate, if it is selected and has the value.
+pub fn contribution(agg: &Aggregate, e: &Event) -> Option<Contribution> {
+    if !selects(&agg.events, e) {
+        return None;
+    }
+    let value = match &agg.field {
+        None => AggValue::Null,
+        Some(p) => {
+            let v = event_value(e, p);
+            if matches!(v, AggValue::Null) {
+                return None;
+            }
+            v
+        }
+    };
+    Some((e.time_ms, e.message_id().to_string(), value))
+}
+
+/// The aggregate of a profile's contributions (with multiplicities).
+pub fn aggregate(func: AggFunc, items: &[(&Contribution, isize)]) -> AggValue {
+    let nums = || items.iter().filter_map(|(c, n)| if let AggValue::Num(x) = c.2 { Some((x, *n)) } else { None });
+    match func {
+        AggFunc::Count => AggValue::Num(items.iter().map(|(_, n)| *n as f64).sum()),
+        AggFunc::Sum => AggValue::Num(nums().map(|(x, n)| x * n as f64).sum()),
+        AggFunc::Avg => {
+            let (s, c) = nums().fold((0.0, 0.0), |(s, c), (x, n)| (s + x * n as f64, c + n as f64));
+            if c > 0.0 { AggValue::Num(s / c) } else { AggValue::Null }
+        }
+        AggFunc::Min => nums().map(|(x, _)| x).min_by(f64::total_cmp).map_or(AggValue::Null, AggValue::Num),
+        AggFunc::Max => nums().map(|(x, _)| x).max_by(f64::total_cmp).map_or(AggValue::Null, AggValue::Num),
+        AggFunc::First => items.iter().map(|(c, _)| *c).min_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1))).map_or(AggValue::Null, |c| c.2.clone()),
+        AggFunc::Last => items.iter().map(|(c, _)| *c).max_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1))).map_or(AggValue::Null, |c| c.2.clone()),
+        AggFunc::MostFrequent => {
+            let mut freq: BTreeMap<&AggValue, isize> = BTreeMap::new();
+            for (c, n) in items {
+                *freq.entry(&c.2).or_default() += n;
+            }
+            // Highest count; ties: the smallest value (BTreeMap order, first wins).
+            let mut best: Option<(&AggValue, isize)> = None;
+            for (v, n) in freq {
+                if best.is_none_or(|(_, b)| n > b) {
+                    best = Some((v, n));
+                }
+            }
+            best.map_or(AggValue::Null, |(v, _)| v.clone())
+        }
+        AggFunc::Unique => AggValue::List(items.iter().map(|(c, _)| c.2.clone()).collect::<BTreeSet<_>>().into_iter().collect()),
+        AggFunc::UniqueCount => AggValue::Num(items.iter().map(|(c, _)| &c.2).collect::<BTreeSet<_>>().len() as f64),
+    }
+}
+
+/// The value of an aggregate for a profile without matching events.
+pub fn empty_aggregate(func: AggFunc) -> AggValue {
+    aggregate(func, &[])
+}
+
+/// A leaf of a condition: what each slot of the per-profile evaluation holds.
+#[derive(Clone, Debug)]
+enum Leaf {
+    Value(ValueRef, Test),
+    Audience(String),
+}
+
+fn leaves(c: &Condition, out: &mut Vec<Leaf>) {
+    match c {
+        Condition::And(v) | Condition::Or(v) => v.iter().for_each(|c| leaves(c, out)),
+        Condition::Not(c) => leaves(c, out),
+        Condition::Test(v, t) => out.push(Leaf::Value(v.clone(), t.clone())),
+        Condition::Audience(a) => out.push(Leaf::Audience(a.clone())),
+    }
+}
+
+/// Evaluates a condition given each leaf's truth (in `leaves` order).
+fn evaluate(c: &Condition, truths: &[bool], next: &mut usize) -> bool {
+    match c {
+        Condition::And(v) => v.iter().map(|c| evaluate(c, truths, next)).fold(true, |a, b| a & b),
+        Condition::Or(v) => v.iter().map(|c| evaluate(c, truths, next)).fold(false, |a, b| a | b),
+        Condition::Not(c) => !evaluate(c, truths, next),
+        Condition::Test(..) | Condition::Audience(_) => {
+            let t = truths[*next];
+            *next += 1;
+            t
+        }
+    }
+}
+
+/// Evaluates a condition for one profile given its leaf values (`None`: no
+/// value — the defaults of the module docs apply).
+pub fn evaluate_condition(c: &Condition, values: &[Option<AggValue>]) -> bool {
+    let mut ls = Vec::new();
+    leaves(c, &mut ls);
+    let truths: Vec<bool> = ls
+        .iter()
+        .zip(values)
+        .map(|(leaf, v)| match leaf {
+            Leaf::Audience(_) => v.is_some(),
+            Leaf::Value(vr, test) => {
+                let default = match vr {
+                    ValueRef::Agg(a) => empty_aggregate(a.func),
+                    _ => AggValue::Null,
+                };
+                apply_test(v.as_ref().unwrap_or(&default), test)
+            }
+        })
+        .collect();
+    evaluate(c, &truths, &mut 0)
+}
+
+/// Applies a window as a temporal filter: `(d, t, r)` becomes `(d, max(t, e), r)`
+/// and `(d, e + w, -r)`, or nothing when `e + w <= max(t, e)`.
+pub fn temporal_window<'s, D>(
+    coll: VecCollection<'s, u64, D, isize>,
+    window_ms: u64,
+    event_time: impl Fn(&D) -> i64 + 'static,
+) -> VecCollection<'s, u64, D, isize>
+where
+    D: Clone + 'static,
+{
+    coll.inner
+        .flat_map(move |(d, t, r)| {
+            let e = event_time(&d).max(0) as u64;
+            let start = t.max(e);
+            let end = e.saturating_add(window_ms);
+            let pair = if end > start { vec![(d.clone(), start, r), (d, end, -r)] } else { Vec::new() };
+            pair.into_iter()
+        })
+        .as_collection()
+}
+
+/// The collections an audience compilation reads.
+pub struct ProfileInputs<'s, P: 'static> {
+    /// Every profile (each once).
+    pub profiles: VecCollection<'s, u64, P, isize>,
+    /// Events by the profile they belong to.
+    pub events: VecCollection<'s, u64, (P, Event), isize>,
+    /// Profile traits: `(profile, (key, JSON value text))`, one value per key.
+    pub traits: VecCollection<'s, u64, (P, (String, String)), isize>,
+}
+
+/// A computed trait's values: `(profile, value)`.
+pub type TraitValues<'s, P> = VecCollection<'s, u64, (P, AggValue), isize>;
+/// An audience's members.
+pub type Members<'s, P> = VecCollection<'s, u64, P, isize>;
+
+/// Builds the aggregate's per-profile values (profiles with matching events only).
+pub fn compile_aggregate<'s, P>(inputs: &ProfileInputs<'s, P>, agg: &Aggregate) -> TraitValues<'s, P>
+where
+    P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
+{
+    let a = agg.clone();
+    let contributions = inputs.events.clone().flat_map(move |(p, e)| contribution(&a, &e).map(|c| (p, c)));
+    let windowed = match agg.events.window {
+        Some(w) => temporal_window(contributions, w.0, |(_, c)| c.0),
+        None => contributions,
+    };
+    let func = agg.func;
+    windowed.reduce(move |_p, input, output| {
+        let v = aggregate(func, input);
+        output.push((v, 1));
+    })
+}
+
+/// Builds an audience's members.
+///
+/// `computed` and `audiences` hold the already-compiled computed traits and
+/// audiences this one may refer to.
+pub fn compile_audience<'s, P>(
+    inputs: &ProfileInputs<'s, P>,
+    condition: &Condition,
+    computed: &BTreeMap<String, TraitValues<'s, P>>,
+    audiences: &BTreeMap<String, Members<'s, P>>,
+) -> Result<Members<'s, P>, String>
+where
+    P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
+{
+    let mut ls = Vec::new();
+    leaves(condition, &mut ls);
+    // STEP 1. One (P, (slot, value)) collection per leaf.
+    let mut slots: Vec<VecCollection<'s, u64, (P, (usize, AggValue)), isize>> = Vec::new();
+    for (i, leaf) in ls.iter().enumerate() {
+        let coll = match leaf {
+            Leaf::Value(ValueRef::Agg(a), _) => compile_aggregate(inputs, a).map(move |(p, v)| (p, (i, v))),
+            Leaf::Value(ValueRef::Trait(path), _) => {
+                let path = path.clone();
+                inputs.traits.clone().flat_map(move |(p, (k, json))| {
+                    if k != path[0] {
+                        return None;
+                    }
+                    let v: Json = serde_json::from_str(&json).ok()?;
+                    lookup(&v, &path[1..]).map(|x| (p, (i, AggValue::from_json(x))))
+                })
+            }
+            Leaf::Value(ValueRef::Computed(name), _) => computed
+                .get(name)
+                .ok_or_else(|| format!("computed trait {name:?} is not defined"))?
+                .clone()
+                .map(move |(p, v)| (p, (i, v))),
+            Leaf::Audience(name) => audiences
+                .get(name)
+                .ok_or_else(|| format!("audience {name:?} is not defined (or is defined after this one)"))?
+                .clone()
+                .map(move |p| (p, (i, AggValue::Bool(true)))),
+        };
+        slots.push(coll);
+    }
+    // STEP 2. Every profile gets evaluated, with defaults for missing slots.
+    let universe = inputs.profiles.clone().map(|p| (p, (usize::MAX, AggValue::Null)));
+    let all = differential_dataflow::collection::concatenate(inputs.profiles.scope(), slots).concat(universe);
+    let cond = condition.clone();
+    let n = ls.len();
+    let members = all
+        .reduce(move |_p, input, output| {
+            if !input.iter().any(|((slot, _), _)| *slot == usize::MAX) {
+                return; // not a profile (any more)
+            }
+            let mut values: Vec<Option<AggValue>> = vec![None; n];
+            for ((slot, v), _) in input {
+                if *slot < n {
+                    values[*slot] = Some(v.clone());
+                }
+            }
+            if evaluate_condition(&cond, &values) {
+                output.push(((), 1));
+            }
+        })
+        .map(|(p, ())| p);
+    Ok(members)
+}
+
+/// An audience membership change, for sinks: `diff` +1 entered, -1 exited.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Membership {
+    /// The audience's key (its name unless `key` is set).
+    pub audience: String,
+    /// The profile id, as text.
+    pub profile: String,
+}
+
+impl WriteJson for Membership {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"audience\":");
+        write_json_string(out, &self.audience);
+        out.extend_from_slice(b",\"profile\":");
+        write_json_string(out, &self.profile);
+        out.push(b'}');
+    }
+}
+
+/// A computed-trait value, for sinks.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TraitValue {
+    /// The computed trait's name.
+    pub name: String,
+    /// The profile id, as text.
+    pub profile: String,
+    /// The value.
+    pub value: AggValue,
+}
+
+impl WriteJson for TraitValue {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"trait\":");
+        write_json_string(out, &self.name);
+        out.extend_from_slice(b",\"profile\":");
+        write_json_string(out, &self.profile);
+        out.extend_from_slice(b",\"value\":");
+        self.value.write(out);
+        out.push(b'}');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{parse_event, ParseContext};
+    use crate::query::{parse_audience, parse_computed_trait};
+
+    fn ev(s: &str) -> Event {
+        parse_event(s.as_bytes(), &ParseContext::default()).unwrap()
+    }
+
+    #[test]
+    fn tests_follow_the_documented_rules() {
+        let n = AggValue::Num(3.0);
+        assert!(apply_test(&n, &Test::Cmp(CmpOp::Ge, Literal::Num(3.0))));
+        assert!(!apply_test(&n, &Test::Cmp(CmpOp::Eq, Literal::Str("3".into()))));
+        assert!(apply_test(&n, &Test::Cmp(CmpOp::Ne, Literal::Str("3".into()))));
+        assert!(!apply_test(&AggValue::Null, &Test::Cmp(CmpOp::Lt, Literal::Num(1.0))));
+        assert!(apply_test(&AggValue::Null, &Test::Cmp(CmpOp::Ne, Literal::Num(1.0))));
+        assert!(apply_test(&AggValue::Null, &Test::Cmp(CmpOp::Eq, Literal::Null)));
+        assert!(apply_test(&AggValue::Str("2026-01-02".into()), &Test::Cmp(CmpOp::Gt, Literal::Str("2026-01-01".into()))));
+        assert!(apply_test(&AggValue::Str("running shoes".into()), &Test::Contains("shoes".into())));
+        assert!(apply_test(&AggValue::List(vec![AggValue::Str("a".into())]), &Test::Contains("a".into())));
+        assert!(apply_test(&AggValue::Str("b".into()), &Test::In(vec![Literal::Str("a".into()), Literal::Str("b".into())])));
+        assert!(!apply_test(&AggValue::Null, &Test::Exists));
+    }
+
+    #[test]
+    fn aggregates() {
+        let e1 = ev(r#"{"type":"track","event":"Order Completed","userId":"u","messageId":"1","timestamp":"2026-01-01T00:00:00Z","properties":{"revenue":10,"cat":"b"}}"#);
+        let e2 = ev(r#"{"type":"track","event":"Order Completed","userId":"u","messageId":"2","timestamp":"2026-01-02T00:00:00Z","properties":{"revenue":30,"cat":"a"}}"#);
+        let e3 = ev(r#"{"type":"track","event":"Order Completed","userId":"u","messageId":"3","timestamp":"2026-01-03T00:00:00Z","properties":{"cat":"b"}}"#);
+        let get = |q: &str| {
+            let a = parse_computed_trait(q).unwrap();
+            let cs: Vec<Contribution> = [&e1, &e2, &e3].iter().filter_map(|e| contribution(&a, e)).collect();
+            let items: Vec<(&Contribution, isize)> = cs.iter().map(|c| (c, 1)).collect();
+            aggregate(a.func, &items)
+        };
+        assert_eq!(get(r#"count(track "Order Completed")"#), AggValue::Num(3.0));
+        assert_eq!(get(r#"sum(properties.revenue from track)"#), AggValue::Num(40.0));
+        assert_eq!(get(r#"avg(properties.revenue from track)"#), AggValue::Num(20.0));
+        assert_eq!(get(r#"min(properties.revenue from track)"#), AggValue::Num(10.0));
+        assert_eq!(get(r#"max(properties.revenue from track)"#), AggValue::Num(30.0));
+        assert_eq!(get(r#"first(properties.cat from track)"#), AggValue::Str("b".into()));
+        assert_eq!(get(r#"last(properties.revenue from track)"#), AggValue::Num(30.0));
+        assert_eq!(get(r#"most_frequent(properties.cat from track)"#), AggValue::Str("b".into()));
+        assert_eq!(get(r#"unique(properties.cat from track)"#), AggValue::List(vec![AggValue::Str("a".into()), AggValue::Str("b".into())]));
+        assert_eq!(get(r#"unique_count(properties.cat from track)"#), AggValue::Num(2.0));
+        assert_eq!(get(r#"count(page)"#), AggValue::Num(0.0));
+        assert_eq!(get(r#"avg(properties.revenue from page)"#), AggValue::Null);
+        // Ties in most_frequent: the smallest value.
+        let a = parse_computed_trait(r#"most_frequent(properties.cat from track where properties.revenue exists)"#).unwrap();
+        let cs: Vec<Contribution> = [&e1, &e2].iter().filter_map(|e| contribution(&a, e)).collect();
+        let items: Vec<(&Contribution, isize)> = cs.iter().map(|c| (c, 1)).collect();
+        assert_eq!(aggregate(a.func, &items), AggValue::Str("a".into()));
+    }
+
+    #[test]
+    fn conditions_use_defaults_for_missing_values() {
+        let c = parse_audience(r#"count(track "X") < 1 and not trait.plan = "pro""#).unwrap();
+        assert!(evaluate_condition(&c, &[None, None]));
+        assert!(!evaluate_condition(&c, &[Some(AggValue::Num(2.0)), None]));
+        assert!(!evaluate_condition(&c, &[None, Some(AggValue::Str("pro".into()))]));
+    }
+}
