@@ -14,5 +14,6 @@
 
 pub mod file_sink;
 pub mod file_source;
+pub mod kafka;
 pub mod sink;
 pub mod source;

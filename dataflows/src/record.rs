@@ -45,6 +45,20 @@ pub enum CountKey {
     TrackEvent(Box<str>),
     /// Rejected records with this reason.
     Rejected(RejectReason),
+    /// Valid events dropped as retried duplicates.
+    Duplicate,
+}
+
+impl CountKey {
+    /// The `(metric, key)` pair outputs show.
+    pub fn parts(&self) -> (&str, &str) {
+        match self {
+            CountKey::Type(t) => ("type", t.as_str()),
+            CountKey::TrackEvent(e) => ("track_event", e),
+            CountKey::Rejected(r) => ("rejected", r.as_str()),
+            CountKey::Duplicate => ("dropped", "duplicate"),
+        }
+    }
 }
 
 /// Encodes a record as one JSON value for sinks.
@@ -84,11 +98,7 @@ impl WriteJson for ErrorRecord {
 
 impl WriteJson for (CountKey, isize) {
     fn write_json(&self, out: &mut Vec<u8>) {
-        let (metric, key): (&str, &str) = match &self.0 {
-            CountKey::Type(t) => ("type", t.as_str()),
-            CountKey::TrackEvent(e) => ("track_event", e),
-            CountKey::Rejected(r) => ("rejected", r.as_str()),
-        };
+        let (metric, key) = self.0.parts();
         out.extend_from_slice(b"{\"metric\":\"");
         out.extend_from_slice(metric.as_bytes());
         out.extend_from_slice(b"\",\"key\":");

@@ -143,13 +143,36 @@ pub enum SourceSpec {
         #[serde(default = "default_chunk_bytes")]
         chunk_bytes: u64,
     },
+    /// Kafka topics; unbounded unless `bounded = true`.
+    Kafka {
+        /// Unique source name.
+        name: String,
+        /// `host:port[,...]`; defaults to the `KAFKA_BROKERS` environment variable.
+        #[serde(default)]
+        brokers: Option<String>,
+        /// Topics to read (every partition of each).
+        topics: Vec<String>,
+        /// Granularity of the ingestion-time clock.
+        #[serde(default = "default_tick")]
+        tick: DurationMs,
+        /// Stop at the end offsets found at start (replays, tests).
+        #[serde(default)]
+        bounded: bool,
+        /// librdkafka options passed through unchanged.
+        #[serde(default)]
+        options: BTreeMap<String, String>,
+    },
+}
+
+fn default_tick() -> DurationMs {
+    DurationMs(100)
 }
 
 impl SourceSpec {
     /// The source's name.
     pub fn name(&self) -> &str {
         match self {
-            SourceSpec::File { name, .. } => name,
+            SourceSpec::File { name, .. } | SourceSpec::Kafka { name, .. } => name,
         }
     }
 }
@@ -184,11 +207,36 @@ pub struct DedupeSpec {
     /// The field that identifies a retried event.
     #[serde(default = "default_dedupe_key")]
     pub key: String,
+    /// Per-worker memory for remembered keys, in MiB, above which the oldest
+    /// buckets spill to files under the job's state directory; unset: no spilling.
+    #[serde(default)]
+    pub max_memory_mb: Option<u64>,
+    /// What happens to an event older than the window behind the newest one
+    /// seen: `"pass"` (kept: at-least-once) or `"drop"` (at-most-once).
+    #[serde(default)]
+    pub late: LatePolicySpec,
+}
+
+/// `dedupe.late`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicySpec {
+    /// Late events pass unchecked.
+    #[default]
+    Pass,
+    /// Late events are dropped.
+    Drop,
 }
 
 impl Default for DedupeSpec {
     fn default() -> Self {
-        DedupeSpec { enabled: true, window: default_dedupe_window(), key: default_dedupe_key() }
+        DedupeSpec {
+            enabled: true,
+            window: default_dedupe_window(),
+            key: default_dedupe_key(),
+            max_memory_mb: None,
+            late: LatePolicySpec::Pass,
+        }
     }
 }
 
@@ -309,19 +357,43 @@ pub enum SinkSpec {
         /// Which of the job's outputs it writes.
         output: OutputName,
     },
+    /// A Kafka topic, written transactionally with a progress record (exactly
+    /// once across restarts). The `errors` output is written as dead letters:
+    /// original bytes as the value, the reason in headers.
+    Kafka {
+        /// Unique sink name.
+        name: String,
+        /// Which of the job's outputs it writes.
+        output: OutputName,
+        /// `host:port[,...]`; defaults to the `KAFKA_BROKERS` environment variable.
+        #[serde(default)]
+        brokers: Option<String>,
+        /// The topic (created if missing).
+        topic: String,
+        /// Partitions when the topic is created.
+        #[serde(default = "default_partitions")]
+        partitions: u32,
+        /// librdkafka options passed through unchanged.
+        #[serde(default)]
+        options: BTreeMap<String, String>,
+    },
+}
+
+fn default_partitions() -> u32 {
+    1
 }
 
 impl SinkSpec {
     /// The sink's name.
     pub fn name(&self) -> &str {
         match self {
-            SinkSpec::File { name, .. } | SinkSpec::Stdout { name, .. } => name,
+            SinkSpec::File { name, .. } | SinkSpec::Stdout { name, .. } | SinkSpec::Kafka { name, .. } => name,
         }
     }
     /// The output it writes.
     pub fn output(&self) -> OutputName {
         match self {
-            SinkSpec::File { output, .. } | SinkSpec::Stdout { output, .. } => *output,
+            SinkSpec::File { output, .. } | SinkSpec::Stdout { output, .. } | SinkSpec::Kafka { output, .. } => *output,
         }
     }
 }
@@ -348,6 +420,20 @@ impl OutputName {
         }
     }
 }
+
+/// librdkafka options Weft sets itself (offsets, transactions, identity of
+/// the client); a spec that sets them is rejected.
+pub const WEFT_OWNED_KAFKA_OPTIONS: [&str; 9] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "isolation.level",
+    "transactional.id",
+    "enable.idempotence",
+    "enable.partition.eof",
+];
 
 /// The longest dedupe window.
 pub const MAX_DEDUPE_WINDOW: DurationMs = DurationMs(30 * 86_400_000);
@@ -379,20 +465,34 @@ impl JobSpec {
                 *p = base.join(&*p);
             }
         };
-        if let Some(d) = self.job.state_dir.as_mut() {
-            fix(d)
-        }
         for s in &mut self.sources {
             match s {
                 SourceSpec::File { path, .. } => fix(path),
+                SourceSpec::Kafka { brokers, .. } => {
+                    if brokers.is_none() {
+                        *brokers = std::env::var("KAFKA_BROKERS").ok();
+                    }
+                }
             }
+        }
+        if self.job.state_dir.is_none() {
+            self.job.state_dir = Some(PathBuf::from(format!(".weft-state/{}", self.job.name)));
+        }
+        if let Some(d) = self.job.state_dir.as_mut() {
+            fix(d)
         }
         if let Some(r) = self.regulations.as_mut() {
             fix(&mut r.path)
         }
         for s in &mut self.sinks {
-            if let SinkSpec::File { path, .. } = s {
-                fix(path)
+            match s {
+                SinkSpec::File { path, .. } => fix(path),
+                SinkSpec::Kafka { brokers, .. } => {
+                    if brokers.is_none() {
+                        *brokers = std::env::var("KAFKA_BROKERS").ok();
+                    }
+                }
+                SinkSpec::Stdout { .. } => {}
             }
         }
     }
@@ -422,6 +522,17 @@ impl JobSpec {
                     }
                     if path.as_os_str().is_empty() {
                         bad(format!("sources[{i}].path"), "expected a file path".into());
+                    }
+                }
+                SourceSpec::Kafka { topics, tick, options, .. } => {
+                    if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
+                        bad(format!("sources[{i}].topics"), "expected a non-empty list of topic names".into());
+                    }
+                    if tick.0 == 0 || tick.0 > 60_000 {
+                        bad(format!("sources[{i}].tick"), format!("expected a tick between 1ms and 60s, got {}ms", tick.0));
+                    }
+                    for key in options.keys().filter(|k| WEFT_OWNED_KAFKA_OPTIONS.contains(&k.as_str())) {
+                        bad(format!("sources[{i}].options.{key}"), format!("`{key}` is set by Weft and cannot be overridden"));
                     }
                 }
             }
@@ -502,6 +613,17 @@ impl JobSpec {
         for (i, s) in self.sinks.iter().enumerate() {
             if !sink_names.insert(s.name().to_string()) {
                 bad(format!("sinks[{i}].name"), format!("duplicate sink name {:?}", s.name()));
+            }
+            if let SinkSpec::Kafka { topic, options, partitions, .. } = s {
+                if topic.trim().is_empty() {
+                    bad(format!("sinks[{i}].topic"), "expected a topic name".into());
+                }
+                if *partitions == 0 {
+                    bad(format!("sinks[{i}].partitions"), "expected at least 1 partition".into());
+                }
+                for key in options.keys().filter(|k| WEFT_OWNED_KAFKA_OPTIONS.contains(&k.as_str())) {
+                    bad(format!("sinks[{i}].options.{key}"), format!("`{key}` is set by Weft and cannot be overridden"));
+                }
             }
         }
         if errs.is_empty() {
@@ -618,6 +740,7 @@ output = "counts"
         s.resolve_paths(Path::new("/jobs"));
         match &s.sources[0] {
             SourceSpec::File { path, .. } => assert_eq!(path, Path::new("/jobs/events.jsonl")),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -29,11 +29,14 @@ use timely::scheduling::Activator;
 use timely::worker::Worker;
 use weft_connectors::file_sink::JsonLinesSink;
 use weft_connectors::file_source::FileSourceConfig;
+use weft_connectors::kafka::admin::create_topic;
+use weft_connectors::kafka::{DeadLetterSink, KafkaError, KafkaKey, KafkaSink, KafkaSinkConfig, KafkaSourceConfig};
 use weft_connectors::sink::Sink;
 use weft_connectors::source::{Decoded, PartProgress, Poll, SourcePart};
 use weft_dataflows::ingest::ingest;
 use weft_dataflows::record::{CountKey, WriteJson};
-use weft_dataflows::spec::{JobSpec, OutputName, SinkSpec, SourceSpec};
+use weft_dataflows::spec::{DedupeSpec, JobSpec, LatePolicySpec, OutputName, SinkSpec, SourceSpec};
+use weft_operators::dedupe::{DedupeConfig, LatePolicy};
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
 use weft_operators::reclock::Reclock;
 
@@ -123,12 +126,46 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
                     let records = source_operator(scope, src_name, part, &stop, &activators, &metrics);
                     decoded.push(records.reclock_to_watermark(&format!("Reclock:{src_name}"), replay_clock));
                 }
+                SourceSpec::Kafka { name: src_name, brokers, topics, tick, bounded, options } => {
+                    // Live: the source binds offsets to ingestion time itself (and
+                    // records the bindings), so no reclocking here.
+                    let config = KafkaSourceConfig {
+                        name: src_name.clone(),
+                        brokers: brokers.clone().unwrap_or_default(),
+                        topics: topics.clone(),
+                        options: options.clone(),
+                        state_dir: spec.job.state_dir.clone().unwrap_or_else(|| ".weft-state".into()),
+                        tick_ms: tick.0,
+                        bounded: *bounded,
+                        source_index: file_index,
+                    };
+                    let part = match config.part(index, peers) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            shared.job_error(id, &name, format!("source {src_name} (worker {index}): {e}"));
+                            None
+                        }
+                    };
+                    decoded.push(source_operator(scope, src_name, part, &stop, &activators, &metrics));
+                }
             }
         }
         let decoded = differential_dataflow::collection::concatenate(scope, decoded);
 
         // STEP 2. The ingest dataflow.
-        let outputs = ingest(decoded);
+        let dedupe = spec.dedupe.enabled.then(|| {
+            let DedupeSpec { enabled: _, window, key: _, max_memory_mb, late } = &spec.dedupe;
+            let mut config = DedupeConfig::new(window.0).with_late_policy(match late {
+                LatePolicySpec::Pass => LatePolicy::Pass,
+                LatePolicySpec::Drop => LatePolicy::Drop,
+            });
+            if let Some(mb) = max_memory_mb {
+                let dir = spec.job.state_dir.clone().unwrap_or_else(|| ".weft-state".into()).join("dedupe-spill");
+                config = config.with_spill(dir, (*mb as usize) << 20);
+            }
+            (config, metrics.dedupe.clone())
+        });
+        let outputs = ingest(decoded, dedupe.as_ref().map(|(c, s)| (c, s.clone())));
 
         // STEP 3. Sinks, then the summary (final counts for the controller).
         for sink in &spec.sinks {
@@ -242,17 +279,41 @@ struct SinkContext<'a> {
     done: &'a Rc<Cell<usize>>,
 }
 
+/// Records a sink can write: JSON for files, and a Kafka encoding.
+pub trait SinkRecord: timely::ExchangeData + Ord + Clone + WriteJson + KafkaKey + Sized {
+    /// Opens a Kafka sink for this record type (changes, or dead letters for errors).
+    fn open_kafka(config: &KafkaSinkConfig) -> Result<Box<dyn Sink<Self>>, KafkaError> {
+        Ok(Box::new(KafkaSink::open(config)?))
+    }
+}
+
+impl SinkRecord for weft_dataflows::event::Event {}
+impl SinkRecord for (CountKey, isize) {}
+impl SinkRecord for weft_dataflows::record::ErrorRecord {
+    fn open_kafka(config: &KafkaSinkConfig) -> Result<Box<dyn Sink<Self>>, KafkaError> {
+        Ok(Box::new(DeadLetterSink::open(config)?))
+    }
+}
+
 /// Attaches a single-writer sink (on worker 0) to an output collection.
-fn attach_sink<D>(collection: VecCollection<'_, u64, D, isize>, spec: &SinkSpec, cx: &SinkContext<'_>)
-where
-    D: timely::ExchangeData + Ord + Clone + WriteJson,
-{
+fn attach_sink<D: SinkRecord>(collection: VecCollection<'_, u64, D, isize>, spec: &SinkSpec, cx: &SinkContext<'_>) {
     let sink_name = spec.name().to_string();
     let mut sink: Option<Box<dyn Sink<D>>> = None;
     if cx.index == 0 {
-        let created: std::io::Result<Box<dyn Sink<D>>> = match spec {
-            SinkSpec::File { path, .. } => JsonLinesSink::create(path).map(|s| Box::new(s) as Box<dyn Sink<D>>),
+        let created: Result<Box<dyn Sink<D>>, String> = match spec {
+            SinkSpec::File { path, .. } => {
+                JsonLinesSink::create(path).map(|s| Box::new(s) as Box<dyn Sink<D>>).map_err(|e| e.to_string())
+            }
             SinkSpec::Stdout { .. } => Ok(Box::new(JsonLinesSink::stdout())),
+            SinkSpec::Kafka { brokers, topic, partitions, options, .. } => {
+                let brokers = brokers.clone().unwrap_or_default();
+                let mut config =
+                    KafkaSinkConfig::new(&sink_name, &brokers, topic, format!("weft-{}-{}", cx.job_name, sink_name));
+                config.options = options.clone();
+                create_topic(&brokers, topic, *partitions as i32, &[])
+                    .and_then(|_| D::open_kafka(&config))
+                    .map_err(|e| e.to_string())
+            }
         };
         match created {
             Ok(s) => sink = Some(s),

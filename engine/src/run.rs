@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_dataflows::record::CountKey;
-use weft_dataflows::spec::{JobSpec, SourceSpec};
+use weft_dataflows::spec::{JobSpec, SinkSpec, SourceSpec};
 
 use crate::runtime::{Cluster, ClusterConfig, JobReport, JobStatus};
 
 /// Sections a spec may contain that this version validates but does not yet evaluate.
-const NOT_YET_EVALUATED: [&str; 5] = ["dedupe", "identity", "traits", "audiences", "regulations"];
+const NOT_YET_EVALUATED: [&str; 4] = ["identity", "traits", "audiences", "regulations"];
 
 /// Loads and validates a spec; returns it with a list of warnings.
 pub fn validate(path: &Path) -> anyhow::Result<(JobSpec, Vec<String>)> {
@@ -32,6 +32,18 @@ pub fn validate(path: &Path) -> anyhow::Result<(JobSpec, Vec<String>)> {
                 if !path.is_file() {
                     anyhow::bail!("source {name}: file {} does not exist", path.display());
                 }
+            }
+            SourceSpec::Kafka { name, brokers, .. } => {
+                if brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+                    anyhow::bail!("source {name}: no brokers; set `brokers` or the KAFKA_BROKERS environment variable");
+                }
+            }
+        }
+    }
+    for s in &spec.sinks {
+        if let SinkSpec::Kafka { name, brokers, .. } = s {
+            if brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+                anyhow::bail!("sink {name}: no brokers; set `brokers` or the KAFKA_BROKERS environment variable");
             }
         }
     }
@@ -130,13 +142,14 @@ pub fn summary(report: &JobReport) -> String {
             CountKey::Type(t) => types.push((t.to_string(), *v)),
             CountKey::TrackEvent(e) => events.push((e.to_string(), *v)),
             CountKey::Rejected(r) => rejected.push((r.to_string(), *v)),
+            CountKey::Duplicate => rejected.push(("duplicate (dropped)".to_string(), *v)),
         }
     }
     events.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     events.truncate(15);
     section(&mut s, "events by type", types);
     section(&mut s, "top track events", events);
-    section(&mut s, "rejected by reason", rejected);
+    section(&mut s, "rejected or dropped", rejected);
     for e in &report.errors {
         s.push_str(&format!("  error: {e}\n"));
     }

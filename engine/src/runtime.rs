@@ -83,6 +83,8 @@ pub struct JobMetrics {
     pub total: AtomicU64,
     /// Changes written by all sinks.
     pub sink_lines: AtomicU64,
+    /// Dedupe counters (shared by the job's workers).
+    pub dedupe: weft_operators::dedupe::DedupeStats,
 }
 
 /// What the controller knows about a job.
@@ -161,6 +163,8 @@ pub struct JobReport {
     pub total: u64,
     /// Changes written by sinks.
     pub sink_lines: u64,
+    /// Dedupe counters.
+    pub dedupe: weft_operators::dedupe::DedupeStatsSnapshot,
     /// Time since submission (or until finish).
     pub elapsed: Duration,
     /// Final counts, when finished.
@@ -233,6 +237,7 @@ impl Cluster {
             consumed: m.consumed.load(Ordering::Relaxed),
             total: m.total.load(Ordering::Relaxed),
             sink_lines: m.sink_lines.load(Ordering::Relaxed),
+            dedupe: m.dedupe.snapshot(),
             elapsed: s.finished.unwrap_or_else(Instant::now) - s.started,
             counts: s.counts.clone(),
             errors: s.errors.clone(),

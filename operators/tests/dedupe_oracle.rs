@@ -56,7 +56,7 @@ fn generate(seed: u64) -> Case {
     let mut time = rng.gen_range(0..3u64);
     let mut id = 0u64;
     let mut inserted: Vec<Rec> = Vec::new();
-    let mut times = Vec::new();
+    let mut times: Vec<(u64, Vec<(Rec, isize)>)> = Vec::new();
     for _ in 0..rng.gen_range(1..8) {
         let mut updates: Vec<(Rec, isize)> = Vec::new();
         for _ in 0..rng.gen_range(0..120) {
@@ -78,7 +78,7 @@ fn generate(seed: u64) -> Case {
         }
         // Retractions of records from earlier times that are not inserted at this one.
         for _ in 0..rng.gen_range(0..3) {
-            if let Some((_, earlier)) = times.last().map(|x: &(u64, Vec<(Rec, isize)>)| x.clone()) {
+            if let Some((_, earlier)) = times.last().cloned() {
                 if let Some((rec, _)) = earlier.first() {
                     if !updates.iter().any(|(r, _)| r == rec) {
                         updates.push((*rec, -1));
@@ -271,7 +271,7 @@ fn matches_model_when_forced_to_spill() {
                     assert_eq!(stats.spill_failures, 0, "seed {seed}");
                     assert_eq!((stats.keys_held, stats.bytes_held, stats.bytes_spilled), (0, 0, 0), "gauges return to zero");
                 }
-                Err(e) => panic!("seed {seed}, {workers} workers, spill limit {limit}, {:?}: {e}", case.config),
+                Err(e) => panic!("seed {seed}, {workers} workers, spill limit {limit} in {}, {:?}: {e}", dir.display(), case.config),
             }
             let leftover = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
             assert_eq!(leftover, 0, "seed {seed}: spill directories are removed with the dataflow");
@@ -330,7 +330,8 @@ fn documented_rule_examples() {
         // Retractions pass through.
         case(c, vec![(0, vec![((1, 7, 500), 1)]), (1, vec![((1, 7, 500), -1)])]),
     ];
-    let expected: [(&[(Rec, u64, isize)], [u64; 5]); 7] = [
+    type Expected<'a> = (&'a [(Rec, u64, isize)], [u64; 5]);
+    let expected: [Expected<'_>; 7] = [
         (&[((1, 7, 0), 0, 1)], [1, 1, 0, 0, 0]),
         (&[((1, 7, 0), 0, 1), ((2, 7, 1200), 1, 1)], [2, 1, 0, 0, 0]),
         (&[((1, 7, 5000), 0, 1), ((2, 7, 3000), 1, 1), ((3, 7, 3000), 1, 1)], [3, 0, 2, 0, 0]),

@@ -178,9 +178,12 @@ pub fn naive_validate(line: &[u8]) -> Verdict {
 }
 
 /// Counts the oracle expects for a JSON-lines file: `(metric, key) → count`,
-/// in the same shape as [`final_counts`].
-pub fn oracle_counts(path: &Path) -> BTreeMap<(String, String), i64> {
+/// in the same shape as [`final_counts`]. With `dedupe`, a valid event whose
+/// messageId was seen before (in file order) is a dropped duplicate — exact
+/// when retries arrive within the dedupe window, as generated ones do.
+pub fn oracle_counts(path: &Path, dedupe: bool) -> BTreeMap<(String, String), i64> {
     let bytes = std::fs::read(path).expect("read input");
+    let mut seen = std::collections::BTreeSet::new();
     let mut out: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
@@ -189,7 +192,12 @@ pub fn oracle_counts(path: &Path) -> BTreeMap<(String, String), i64> {
     for line in lines {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match naive_validate(line) {
-            Verdict::Valid { kind, event, .. } => {
+            Verdict::Valid { kind, event, message_id } => {
+                let key = message_id.unwrap_or_else(|| String::from_utf8_lossy(line).into_owned());
+                if dedupe && !seen.insert(key) {
+                    *out.entry(("dropped".into(), "duplicate".into())).or_default() += 1;
+                    continue;
+                }
                 *out.entry(("type".into(), kind)).or_default() += 1;
                 if let Some(e) = event {
                     *out.entry(("track_event".into(), e)).or_default() += 1;

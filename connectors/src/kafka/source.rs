@@ -11,8 +11,10 @@
 //! of its name. A partition added later keeps every existing partition where
 //! it was. Each worker's [`KafkaPart`] owns one `BaseConsumer` with a manual
 //! assignment: no consumer group, no rebalancing, no offsets committed to the
-//! broker. Partitions added to a topic are found by re-reading its metadata
-//! every [`METADATA_REFRESH`] (unbounded sources only).
+//! broker. (One consumer per topic, in fact, because librdkafka's
+//! end-of-partition event names only the partition number.) Partitions
+//! added to a topic are found by re-reading its metadata every
+//! [`METADATA_REFRESH`] (unbounded sources only).
 //!
 //! ## Time
 //!
@@ -37,11 +39,19 @@
 //!
 //! ## Bounded mode
 //!
-//! With `bounded`, each part reads the high watermarks of its partitions
-//! when it is created and returns [`Poll::Done`] once it has read up to
-//! them; records at or past a watermark are ignored. Used by tests and replays.
+//! With `bounded`, a partition is complete at its first end-of-partition
+//! event: the end of the log (the last stable offset, as we read
+//! `read_committed`) that the broker reports once the consumer has caught up.
+//! Records produced after that are not read. The part returns
+//! [`Poll::Done`] once all its partitions are complete. Used by tests and
+//! replays, of topics that are not being written to.
+//!
+//! The end is taken from fetch responses, not from a ListOffsets request,
+//! because some Kafka-compatible brokers (tansu) answer ListOffsets(latest)
+//! with the last batch's base offset plus one. The watermarks read at start
+//! only feed [`PartProgress::total`], an estimate.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -61,6 +71,12 @@ pub const METADATA_REFRESH: Duration = Duration::from_secs(5);
 /// How long a metadata or watermark request may take.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most records read before their bindings are synced and they are handed
+/// out. Bindings are also synced when the consumer has nothing more to
+/// give right now and when the tick changes, so a caught-up source hands
+/// records out at once; the batch only amortizes `fdatasync` during catch-up.
+pub const BIND_BATCH: usize = 16 * 1024;
+
 /// Settings of one Kafka source.
 #[derive(Clone, Debug)]
 pub struct KafkaSourceConfig {
@@ -76,7 +92,7 @@ pub struct KafkaSourceConfig {
     pub state_dir: PathBuf,
     /// Granularity of the ingestion-time clock, in milliseconds.
     pub tick_ms: u64,
-    /// Stop at the high watermarks read when the part is created.
+    /// Stop at the end of each partition as first reached (see the module docs).
     pub bounded: bool,
     /// Index of this source among the job's sources (spreads partitions of
     /// different sources over different workers).
@@ -107,6 +123,11 @@ impl KafkaSourceConfig {
         if topics.is_empty() {
             return Err(KafkaError::Config(format!("Kafka source {name:?} has no topics; list at least one.")));
         }
+        let mut sorted = topics.clone();
+        sorted.sort();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(KafkaError::Config(format!("Kafka source {name:?} lists topic {:?} twice; list it once.", w[0])));
+        }
         if *tick_ms == 0 {
             return Err(KafkaError::Config(format!("Kafka source {name:?} has tick_ms = 0; use a positive tick.")));
         }
@@ -120,50 +141,53 @@ impl KafkaSourceConfig {
     pub fn part(&self, worker: usize, peers: usize) -> Result<KafkaPart, KafkaError> {
         assert!(worker < peers, "worker {worker} of {peers}");
         self.validate()?;
-        let mut cfg = client_config(&self.brokers, &self.options, &format!("weft-{}-{worker}", self.name));
-        cfg.set("group.id", format!("weft-{}", self.name))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true");
-        let consumer: BaseConsumer = cfg
-            .create()
-            .map_err(|e| KafkaError::client(format!("cannot create a Kafka consumer for source {:?}", self.name), e))?;
         let mut part = KafkaPart {
             config: self.clone(),
             worker,
             peers,
-            consumer,
+            topics: Vec::new(),
             parts: Vec::new(),
-            index: HashMap::new(),
             live_time: 0,
             floor: 0,
             last_lower: 0,
             next_refresh: Instant::now() + METADATA_REFRESH,
+            next_topic: 0,
             staged: Vec::new(),
+            ready: std::collections::VecDeque::new(),
+            ready_min: None,
             records: 0,
             total: self.bounded.then_some(0),
         };
-        // STEP 1. Partitions: those the brokers know, plus those we hold bindings for.
-        let mut mine = Vec::new();
-        for topic in &self.topics {
-            let count = part.partition_count(topic)?.ok_or_else(|| {
+        for (t, topic) in self.topics.iter().enumerate() {
+            // STEP 1. One consumer per topic, manually assigned.
+            let mut cfg = client_config(&self.brokers, &self.options, &format!("weft-{}-{worker}-{t}", self.name));
+            cfg.set("group.id", format!("weft-{}", self.name))
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("isolation.level", "read_committed")
+                .set("enable.partition.eof", "true");
+            let consumer: BaseConsumer = cfg
+                .create()
+                .map_err(|e| KafkaError::client(format!("cannot create a Kafka consumer for source {:?}", self.name), e))?;
+            let count = partition_count(&consumer, topic, &self.brokers)?.ok_or_else(|| {
                 KafkaError::Config(format!(
                     "Kafka source {:?}: topic {topic:?} does not exist on {}; create it first.",
                     self.name, self.brokers
                 ))
             })?;
+            part.topics.push(TopicReader { topic: topic.clone(), consumer, known: 0, index: Vec::new() });
+            // STEP 2. Partitions: those the brokers know, plus those we hold bindings for.
             let mut partitions: Vec<i32> = (0..count as i32).collect();
             let recorded = reclock::recorded_partitions(&self.state_dir, &self.name, topic)
                 .map_err(|e| KafkaError::state(format!("cannot list reclock state of source {:?}", self.name), e))?;
             partitions.extend(recorded);
             partitions.sort_unstable();
             partitions.dedup();
-            mine.extend(partitions.into_iter().filter(|&p| owner(topic, p, self.source_index, peers) == worker).map(|p| (topic.clone(), p)));
+            let known = partitions.last().map_or(0, |p| *p as usize + 1);
+            part.add_partitions(t, partitions.into_iter().filter(|&p| owner(topic, p, self.source_index, peers) == worker).collect())?;
+            part.topics[t].known = known;
         }
-        // STEP 2. Open their binding logs and assign them.
-        part.add_partitions(mine)?;
         part.floor = part.parts.iter().filter_map(|p| p.log.max_time()).max().map_or(0, |t| t + self.tick_ms);
         Ok(part)
     }
@@ -182,6 +206,29 @@ pub fn owner(topic: &str, partition: i32, source_index: usize, peers: usize) -> 
     (start + source_index + partition as usize) % peers
 }
 
+fn partition_count(consumer: &BaseConsumer, topic: &str, brokers: &str) -> Result<Option<usize>, KafkaError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| KafkaError::client(format!("cannot read metadata of topic {topic:?} from {brokers}"), e))?;
+    Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
+        if t.error().is_some() || t.partitions().is_empty() {
+            None
+        } else {
+            Some(t.partitions().len())
+        }
+    }))
+}
+
+/// The consumer of one topic.
+struct TopicReader {
+    topic: String,
+    consumer: BaseConsumer,
+    /// Partitions below this number were considered for assignment.
+    known: usize,
+    /// Partition number → index in `KafkaPart::parts`.
+    index: Vec<Option<usize>>,
+}
+
 /// One partition read by a part.
 struct PartitionState {
     topic: String,
@@ -190,11 +237,11 @@ struct PartitionState {
     replay: ReplayCursor,
     /// Start of the next binding: the end of the last one, once there is one.
     next_lo: Option<u64>,
-    /// Live records read in this poll: `[lo, hi)` to bind.
-    batch: Option<(u64, u64)>,
-    /// Bounded mode: the high watermark read at start.
-    end: Option<u64>,
-    /// Bounded mode: everything up to `end` was read.
+    /// Live records read but not bound yet: `time ⇒ [lo, hi)`.
+    batch: Option<(u64, u64, u64)>,
+    /// An entry was appended to the log but not synced yet.
+    unsynced: bool,
+    /// Bounded mode: the end of the partition was reached.
     done: bool,
 }
 
@@ -203,10 +250,8 @@ pub struct KafkaPart {
     config: KafkaSourceConfig,
     worker: usize,
     peers: usize,
-    consumer: BaseConsumer,
+    topics: Vec<TopicReader>,
     parts: Vec<PartitionState>,
-    /// topic → partition → index in `parts`.
-    index: HashMap<String, Vec<Option<usize>>>,
     /// The time of live records (monotone).
     live_time: u64,
     /// New records get at least this time: the largest recorded time plus a tick.
@@ -214,9 +259,13 @@ pub struct KafkaPart {
     /// The last lower bound returned.
     last_lower: u64,
     next_refresh: Instant,
-    /// Records read and decoded but not handed out, because their binding
-    /// could not be written yet.
+    /// The topic read first in the next poll (round robin).
+    next_topic: usize,
+    /// Records read and decoded whose bindings are not synced yet.
     staged: Vec<(Decoded, u64)>,
+    /// Records ready to be handed out, and a lower bound of their times.
+    ready: std::collections::VecDeque<(Decoded, u64)>,
+    ready_min: Option<u64>,
     records: u64,
     total: Option<u64>,
 }
@@ -238,27 +287,16 @@ impl KafkaPart {
         self.parts.iter().map(|p| (p.topic.clone(), p.partition)).collect()
     }
 
-    fn partition_count(&self, topic: &str) -> Result<Option<usize>, KafkaError> {
-        let md = self
-            .consumer
-            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-            .map_err(|e| KafkaError::client(format!("cannot read metadata of topic {topic:?} from {}", self.config.brokers), e))?;
-        Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
-            if t.error().is_some() || t.partitions().is_empty() {
-                None
-            } else {
-                Some(t.partitions().len())
-            }
-        }))
-    }
-
-    /// Opens the binding logs of new partitions and adds them to the assignment.
-    fn add_partitions(&mut self, new: Vec<(String, i32)>) -> Result<(), KafkaError> {
-        if new.is_empty() {
+    /// Opens the binding logs of new partitions of topic `t` and adds them
+    /// to its consumer's assignment.
+    fn add_partitions(&mut self, t: usize, partitions: Vec<i32>) -> Result<(), KafkaError> {
+        if partitions.is_empty() {
             return Ok(());
         }
+        let topic = self.topics[t].topic.clone();
         let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in new {
+        let mut new = Vec::new();
+        for partition in partitions {
             let path = reclock::log_path(&self.config.state_dir, &self.config.name, &topic, partition);
             let log = BindingLog::open(path.clone())
                 .map_err(|e| KafkaError::state(format!("cannot open reclock bindings {}", path.display()), e))?;
@@ -270,147 +308,199 @@ impl KafkaPart {
                 }
                 None => Offset::Beginning,
             };
-            let mut end = None;
-            let mut done = false;
-            if self.config.bounded {
-                let (low, high) = self
-                    .consumer
-                    .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
-                    .map_err(|e| KafkaError::client(format!("cannot read watermarks of {topic}/{partition}"), e))?;
-                let (low, high) = (low.max(0) as u64, high.max(0) as u64);
-                let from = log.lower().unwrap_or(low).max(low);
-                done = from >= high;
-                end = Some(high);
-                *self.total.get_or_insert(0) += high.saturating_sub(from);
+            if let Some(total) = &mut self.total {
+                // An estimate: see the module docs on watermarks.
+                if let Ok((low, high)) = self.topics[t].consumer.fetch_watermarks(&topic, partition, METADATA_TIMEOUT) {
+                    *total += (high.max(0) as u64).saturating_sub(log.lower().unwrap_or(low.max(0) as u64));
+                }
             }
             tpl.add_partition_offset(&topic, partition, start)
                 .map_err(|e| KafkaError::client(format!("cannot assign {topic}/{partition}"), e))?;
-            let slot = self.index.entry(topic.clone()).or_default();
-            if slot.len() <= partition as usize {
-                slot.resize(partition as usize + 1, None);
-            }
-            slot[partition as usize] = Some(self.parts.len());
             let replay = ReplayCursor::new(log.bindings());
             let next_lo = log.upper();
-            self.parts.push(PartitionState { topic, partition, log, replay, next_lo, batch: None, end, done });
+            new.push(PartitionState {
+                topic: topic.clone(),
+                partition,
+                log,
+                replay,
+                next_lo,
+                batch: None,
+                unsynced: false,
+                done: false,
+            });
         }
-        self.consumer
+        self.topics[t]
+            .consumer
             .incremental_assign(&tpl)
-            .map_err(|e| KafkaError::client(format!("cannot assign partitions of source {:?}", self.config.name), e))?;
+            .map_err(|e| KafkaError::client(format!("cannot assign partitions of {topic} to source {:?}", self.config.name), e))?;
+        for ps in new {
+            let index = &mut self.topics[t].index;
+            let p = ps.partition as usize;
+            if index.len() <= p {
+                index.resize(p + 1, None);
+            }
+            index[p] = Some(self.parts.len());
+            self.parts.push(ps);
+        }
         Ok(())
     }
 
     /// Looks for partitions added to the topics since the last look.
     fn refresh(&mut self) {
-        let mut new = Vec::new();
-        for topic in self.config.topics.clone() {
-            let count = match self.partition_count(&topic) {
+        for t in 0..self.topics.len() {
+            let reader = &self.topics[t];
+            let count = match partition_count(&reader.consumer, &reader.topic, &self.config.brokers) {
                 Ok(Some(c)) => c,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(source = %self.config.name, topic = %topic, "cannot refresh partitions: {e}");
+                    tracing::warn!(source = %self.config.name, topic = %reader.topic, "cannot refresh partitions: {e}");
                     continue;
                 }
             };
-            let known = self.index.get(&topic).map_or(0, |v| v.len());
-            for p in known as i32..count as i32 {
-                if owner(&topic, p, self.config.source_index, self.peers) == self.worker {
-                    tracing::info!(source = %self.config.name, topic = %topic, partition = p, "reading a new partition");
-                    new.push((topic.clone(), p));
-                }
+            if count <= reader.known {
+                continue;
             }
-            // Remember that partitions below `count` were considered.
-            let slot = self.index.entry(topic).or_default();
-            if slot.len() < count {
-                slot.resize(count, None);
+            let new: Vec<i32> = (reader.known as i32..count as i32)
+                .filter(|&p| owner(&reader.topic, p, self.config.source_index, self.peers) == self.worker)
+                .collect();
+            for p in &new {
+                tracing::info!(source = %self.config.name, topic = %reader.topic, partition = p, "reading a new partition");
             }
-        }
-        if let Err(e) = self.add_partitions(new) {
-            tracing::warn!(source = %self.config.name, "cannot read new partitions (will retry): {e}");
-            // Forget the failed ones so the next refresh tries again.
-            for v in self.index.values_mut() {
-                while v.last() == Some(&None) {
-                    v.pop();
-                }
+            match self.add_partitions(t, new) {
+                Ok(()) => self.topics[t].known = count,
+                Err(e) => tracing::warn!(source = %self.config.name, "cannot read new partitions (will retry): {e}"),
             }
         }
     }
 
-    /// Writes the bindings of this poll's live records. On failure the
-    /// records stay staged and the bindings are retried at the next poll.
+    /// Appends and syncs the bindings of the staged live records, then
+    /// moves the staged records to the ready queue. On failure the records
+    /// stay staged and the next poll tries again.
     fn bind(&mut self) -> bool {
-        let time = self.live_time;
+        // STEP 1. Append every pending entry.
         for ps in &mut self.parts {
-            let Some((lo, hi)) = ps.batch else { continue };
-            if let Err(e) = ps.log.append(time, lo, hi) {
+            let Some((time, lo, hi)) = ps.batch else { continue };
+            if let Err(e) = ps.log.append_unsynced(time, lo, hi) {
                 tracing::error!(source = %self.config.name, topic = %ps.topic, partition = ps.partition,
                     "cannot record reclock binding, holding records back: {e}");
                 return false;
             }
             ps.batch = None;
             ps.next_lo = Some(hi);
+            ps.unsynced = true;
         }
+        // STEP 2. Sync them all at once.
+        let logs: Vec<&BindingLog> = self.parts.iter().filter(|p| p.unsynced).map(|p| &p.log).collect();
+        if let Err(e) = reclock::sync_all(&logs) {
+            tracing::error!(source = %self.config.name, "cannot sync reclock bindings, holding records back: {e}");
+            return false;
+        }
+        for ps in &mut self.parts {
+            ps.unsynced = false;
+        }
+        // STEP 3. The records may leave.
+        if let Some(min) = self.staged.iter().map(|(_, t)| *t).min() {
+            self.ready_min = Some(self.ready_min.map_or(min, |m| m.min(min)));
+        }
+        self.ready.extend(self.staged.drain(..));
         true
     }
 
-    /// Bounded mode: marks partitions whose position reached their end.
-    fn check_positions(&mut self, partition: Option<i32>) {
-        let Ok(positions) = self.consumer.position() else { return };
-        for ps in self.parts.iter_mut().filter(|p| !p.done && partition.is_none_or(|q| q == p.partition)) {
-            let Some(end) = ps.end else { continue };
-            if let Some(elem) = positions.find_partition(&ps.topic, ps.partition) {
-                if let Offset::Offset(pos) = elem.offset() {
-                    if pos.max(0) as u64 >= end {
-                        ps.done = true;
-                    }
-                }
-            }
+    /// Hands out up to `budget` ready records.
+    fn hand_out(&mut self, out: &mut Vec<(Decoded, u64)>, budget: usize) -> usize {
+        let n = budget.min(self.ready.len());
+        out.extend(self.ready.drain(..n));
+        if self.ready.is_empty() {
+            self.ready_min = None;
         }
+        n
     }
 
-    /// A partition reported end-of-log while its replay was incomplete: the
-    /// recorded offsets are gone (retention, or the topic was recreated).
-    fn check_lost_replay(&mut self, partition: i32) {
-        for ps in self.parts.iter_mut().filter(|p| p.partition == partition && !p.replay.done()) {
-            let Ok((_, high)) = self.consumer.fetch_watermarks(&ps.topic, ps.partition, METADATA_TIMEOUT) else { continue };
-            let upper = ps.log.upper().unwrap_or(0);
-            if (high.max(0) as u64) < upper {
-                tracing::error!(source = %self.config.name, topic = %ps.topic, partition = ps.partition,
-                    "the log ends at offset {high} but bindings reach {upper}; the missing records cannot be replayed");
-                ps.replay.abandon();
-            }
+    /// A partition of topic `t` reached the end of its log.
+    fn at_end(&mut self, t: usize, partition: i32) {
+        let Some(idx) = self.topics[t].index.get(partition as usize).copied().flatten() else { return };
+        let ps = &mut self.parts[idx];
+        if !ps.replay.done() {
+            // The recorded offsets are gone (retention, or the topic was recreated).
+            tracing::error!(source = %self.config.name, topic = %ps.topic, partition = ps.partition,
+                "the log ends before the recorded bindings (up to offset {}); the missing records cannot be replayed",
+                ps.log.upper().unwrap_or(0));
+            ps.replay.abandon();
         }
-    }
-
-    fn decode(&self, ps: &PartitionState, payload: &[u8], offset: u64, timestamp: Option<i64>, time: u64) -> Decoded {
-        let received = timestamp.filter(|t| *t > 0).unwrap_or(time as i64);
-        parse_event(payload, &ParseContext { default_received_at_ms: Some(received) })
-            .map_err(|rej| ErrorRecord::new(&self.config.name, ps.partition as u32, offset, rej, payload))
+        if self.config.bounded {
+            ps.done = true;
+        }
     }
 
     fn lower(&self) -> u64 {
         let replay = self.parts.iter().filter(|p| !p.done).filter_map(|p| p.replay.pending_time()).min();
         let staged = self.staged.iter().map(|(_, t)| *t).min();
         let mut lower = self.live_time;
-        for t in [replay, staged].into_iter().flatten() {
+        for t in [replay, staged, self.ready_min].into_iter().flatten() {
             lower = lower.min(t);
         }
         lower.max(self.last_lower)
     }
 
     fn finished(&self) -> bool {
-        self.config.bounded && self.staged.is_empty() && self.parts.iter().all(|p| p.done)
+        self.config.bounded && self.staged.is_empty() && self.ready.is_empty() && self.parts.iter().all(|p| p.done)
+    }
+
+    /// Reads up to `budget` records of topic `t` into the staging area.
+    /// Returns how many, and whether the consumer ran dry.
+    fn read_topic(&mut self, t: usize, budget: usize) -> (usize, bool) {
+        let mut read = 0;
+        while read < budget {
+            let msg = match self.topics[t].consumer.poll(Duration::ZERO) {
+                None => return (read, true),
+                Some(Ok(m)) => m,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    self.at_end(t, p);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(source = %self.config.name, topic = %self.topics[t].topic, "consumer error: {e}");
+                    break;
+                }
+            };
+            let Some(idx) = self.topics[t].index.get(msg.partition() as usize).copied().flatten() else { continue };
+            let offset = msg.offset().max(0) as u64;
+            let ps = &mut self.parts[idx];
+            if ps.done {
+                // Bounded: past the end as first reached.
+                continue;
+            }
+            let time = match ps.replay.time_of(offset) {
+                Some(t) => {
+                    ps.replay.advance_past(offset);
+                    t.max(self.last_lower)
+                }
+                None => {
+                    let lo = ps.batch.map_or(ps.next_lo.unwrap_or(offset), |(_, lo, _)| lo);
+                    ps.batch = Some((self.live_time, lo, offset + 1));
+                    self.live_time
+                }
+            };
+            // The Kafka timestamp stands in for a missing `receivedAt`;
+            // it is part of the log, so a replay decodes the same event.
+            let payload = msg.payload().unwrap_or(b"");
+            let received = msg.timestamp().to_millis().filter(|t| *t > 0).unwrap_or(time as i64);
+            let decoded = parse_event(payload, &ParseContext { default_received_at_ms: Some(received) })
+                .map_err(|rej| ErrorRecord::new(&self.config.name, msg.partition() as u32, offset, rej, payload));
+            self.staged.push((decoded, time));
+            read += 1;
+        }
+        (read, false)
     }
 }
 
 impl SourcePart for KafkaPart {
     fn poll(&mut self, out: &mut Vec<(Decoded, u64)>, budget: usize) -> Poll {
-        // STEP 1. Hand out records held back by a failed binding write.
-        if !self.staged.is_empty() {
-            if !self.bind() {
-                return Poll::Pending { lower: self.last_lower, idle: true };
-            }
-            out.append(&mut self.staged);
+        // STEP 1. Records already bound go first.
+        if !self.ready.is_empty() {
+            self.hand_out(out, budget);
+            self.last_lower = self.lower();
+            return Poll::Pending { lower: self.last_lower, idle: false };
         }
         if self.finished() {
             return Poll::Done;
@@ -420,74 +510,43 @@ impl SourcePart for KafkaPart {
             self.refresh();
             self.next_refresh = Instant::now() + METADATA_REFRESH;
         }
-        // STEP 3. The time of records that arrive now.
+        // STEP 3. The time of records that arrive now. A batch never spans
+        // two times: records of the previous tick are bound first.
         let tick = self.config.tick_ms;
-        self.live_time = self.live_time.max(now_ms() / tick * tick).max(self.floor);
-        // STEP 4. Read up to `budget` records.
-        let before = out.len();
-        let mut read = 0;
-        while read < budget {
-            let msg = match self.consumer.poll(Duration::ZERO) {
-                None => break,
-                Some(Ok(m)) => m,
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                    if self.config.bounded {
-                        self.check_positions(Some(p));
-                    }
-                    self.check_lost_replay(p);
-                    continue;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(source = %self.config.name, "consumer error: {e}");
-                    break;
-                }
-            };
-            let Some(idx) = self.index.get(msg.topic()).and_then(|v| v.get(msg.partition() as usize).copied().flatten())
-            else {
-                continue;
-            };
-            let offset = msg.offset().max(0) as u64;
-            let ps = &mut self.parts[idx];
-            if let Some(end) = ps.end {
-                if offset >= end {
-                    ps.done = true;
-                    continue;
-                }
-            }
-            let time = match ps.replay.time_of(offset) {
-                Some(t) => {
-                    ps.replay.advance_past(offset);
-                    t.max(self.last_lower)
-                }
-                None => {
-                    let lo = ps.batch.map_or(ps.next_lo.unwrap_or(offset), |(lo, _)| lo);
-                    ps.batch = Some((lo, offset + 1));
-                    self.live_time
-                }
-            };
-            if ps.end.is_some_and(|end| offset + 1 >= end) {
-                ps.done = true;
-            }
-            let ps = &self.parts[idx];
-            let decoded = self.decode(ps, msg.payload().unwrap_or(b""), offset, msg.timestamp().to_millis(), time);
-            out.push((decoded, time));
-            read += 1;
-        }
-        self.records += read as u64;
-        // STEP 5. Bind the live records durably before they leave.
-        if !self.bind() {
-            self.staged.extend(out.drain(before..));
+        let live = self.live_time.max(now_ms() / tick * tick).max(self.floor);
+        if live != self.live_time && !self.staged.is_empty() && !self.bind() {
             return Poll::Pending { lower: self.last_lower, idle: true };
         }
-        if self.config.bounded && read == 0 {
-            self.check_positions(None);
+        self.live_time = live;
+        // STEP 4. Read until the batch is full or the consumers run dry, topics in turn.
+        let mut dry = true;
+        if self.ready.is_empty() {
+            let n = self.topics.len();
+            for k in 0..n {
+                let t = (self.next_topic + k) % n;
+                let room = BIND_BATCH.saturating_sub(self.staged.len());
+                let (read, ran_dry) = self.read_topic(t, room);
+                self.records += read as u64;
+                dry &= ran_dry;
+                if self.staged.len() >= BIND_BATCH {
+                    dry = false;
+                    break;
+                }
+            }
+            self.next_topic = (self.next_topic + 1) % n;
         }
+        // STEP 5. Bind durably (full batch, or caught up), then hand out.
+        if !self.staged.is_empty() && (dry || self.staged.len() >= BIND_BATCH) && !self.bind() {
+            return Poll::Pending { lower: self.last_lower, idle: true };
+        }
+        let handed = self.hand_out(out, budget);
         if self.finished() {
             return Poll::Done;
         }
-        // STEP 6. Nothing earlier than the oldest pending replay or the live time.
+        // STEP 6. Nothing earlier than the oldest pending replay, staged or
+        // ready record, or the live time.
         self.last_lower = self.lower();
-        Poll::Pending { lower: self.last_lower, idle: read == 0 }
+        Poll::Pending { lower: self.last_lower, idle: handed == 0 && dry }
     }
 
     fn progress(&self) -> PartProgress {
