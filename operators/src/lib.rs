@@ -7,7 +7,7 @@
 //! | module | operator | state |
 //! |---|---|---|
 //! | [`split`] | [`split::SplitResults::split_results`]: one collection of `Result`s into two | none |
-//! | [`dedupe`] | [`dedupe::DedupeByKey::dedupe_by_key`]: drop records whose key was seen within an event-time window | 128-bit key fingerprints by event-time bucket (≤ 16 B/key), optionally spilled to disk |
+//! | [`dedupe`] | [`dedupe::DedupeByKey::dedupe_by_key`]: drop records whose key was seen within an event-time window | 128-bit key fingerprints by event-time bucket (14.4 B/key at 10M keys), optionally spilled to disk |
 //! | [`reclock`] | [`reclock::Reclock::reclock_to_watermark`]: position time → watermark clock (replays) | records of incomplete positions |
 //! | [`components`] | [`components::ConnectedComponents::connected_components`]: node → least node (or least-ranked node) of its component, under insertions and retractions; [`components::ComponentChanges::component_changes`]: merges and splits per time | edges twice, per node its label by round; one count per label |
 //! | [`by_time`] | [`by_time::SinkByTime::sink_by_time`]: consolidated updates per completed time, in time order | updates of incomplete times |
