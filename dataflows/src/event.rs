@@ -20,6 +20,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
@@ -269,9 +270,10 @@ pub struct Event {
     /// End offsets of the fields in `text`.
     ends: [u32; FIELD_COUNT],
     /// `context.externalIds` as `(type, id)` pairs, offsets into `text`.
-    external_ids: Box<[[u32; 4]]>,
-    /// All kept text, concatenated.
-    text: Box<str>,
+    external_ids: Arc<[[u32; 4]]>,
+    /// All kept text, concatenated. Shared: dataflows hand events to several
+    /// operators, and a clone must not copy a kilobyte of JSON.
+    text: Arc<str>,
 }
 
 impl fmt::Debug for Event {
@@ -787,8 +789,8 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
     b.set(Field::Integrations, integrations.map(RawValue::get));
     b.set(Field::Properties, properties.map(RawValue::get));
     b.set(Field::Traits, traits.map(RawValue::get));
-    let external_ids: Box<[[u32; 4]]> = match &wire_cx.external_ids {
-        None => Box::new([]),
+    let external_ids: Arc<[[u32; 4]]> = match &wire_cx.external_ids {
+        None => Arc::new([]),
         Some(list) => list
             .iter()
             .map(|x| {
@@ -807,7 +809,7 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
         starts: b.starts,
         ends: b.ends,
         external_ids,
-        text: b.text.into_boxed_str(),
+        text: Arc::from(b.text),
     })
 }
 

@@ -126,6 +126,18 @@ pub fn summary(report: &JobReport) -> String {
         report.rejected,
         report.sink_lines,
     );
+    let d = &report.dedupe;
+    if d.passed + d.dropped_duplicates + d.late > 0 {
+        s.push_str(&format!(
+            "  dedupe: {} passed, {} duplicates dropped, {} late ({} dropped), {} keys held ({})\n",
+            d.passed,
+            d.dropped_duplicates,
+            d.late,
+            d.dropped_late,
+            d.keys_held,
+            human_bytes(d.bytes_held)
+        ));
+    }
     let section = |s: &mut String, title: &str, rows: Vec<(String, isize)>| {
         if !rows.is_empty() {
             s.push_str(&format!("  {title}:\n"));
