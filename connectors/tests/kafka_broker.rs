@@ -110,7 +110,7 @@ fn consumer_group_commits_offsets() {
     // A new member of the group resumes from the committed offsets.
     let c = consumer();
     c.subscribe(&[&t]).unwrap();
-    let until = Instant::now() + Duration::from_secs(8);
+    let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         if let Some(m) = c.poll(Duration::from_millis(100)) {
             panic!("re-read a committed record: {:?}", m.map(|m| m.offset()));

@@ -13,12 +13,18 @@ use weft_connectors::source::{Poll, SourcePart};
 use weft_dataflows::event::{parse_event, Event, ParseContext};
 use weft_dataflows::record::{CountKey, ErrorRecord};
 
+/// `(time, op, key)` of a record in an output topic.
+type Row = (u64, String, String);
+
+/// The changes of one time: events, and counts.
+type Changes = (Vec<(Event, isize)>, Vec<((CountKey, isize), isize)>);
+
 fn ev(i: usize) -> Event {
     parse_event(&kafka_support::event(i), &ParseContext::default()).unwrap()
 }
 
 /// The changes at time `t` of a made-up output: events and counts.
-fn changes(t: u64) -> (Vec<(Event, isize)>, Vec<((CountKey, isize), isize)>) {
+fn changes(t: u64) -> Changes {
     let events = (0..5).map(|i| (ev(t as usize * 100 + i), 1)).collect();
     let counts = vec![
         ((CountKey::TrackEvent(format!("E{t}").into()), t as isize), 1),
@@ -34,8 +40,8 @@ fn write_time(events: &mut KafkaSink, counts: &mut KafkaSink, t: u64) {
 }
 
 /// `(time, op, key)` of every record read back, sorted.
-fn read_back(brokers: &str, topic: &str) -> Vec<(u64, String, String)> {
-    let mut out: Vec<(u64, String, String)> = kafka_support::read_all(brokers, topic, "read_committed")
+fn read_back(brokers: &str, topic: &str) -> Vec<Row> {
+    let mut out: Vec<Row> = kafka_support::read_all(brokers, topic, "read_committed")
         .into_iter()
         .map(|r| {
             let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
@@ -49,7 +55,7 @@ fn read_back(brokers: &str, topic: &str) -> Vec<(u64, String, String)> {
     out
 }
 
-fn expected(times: std::ops::RangeInclusive<u64>) -> (Vec<(u64, String, String)>, Vec<(u64, String, String)>) {
+fn expected(times: std::ops::RangeInclusive<u64>) -> (Vec<Row>, Vec<Row>) {
     let mut ev_out = Vec::new();
     let mut ct_out = Vec::new();
     for t in times {
@@ -235,4 +241,35 @@ fn dead_letters_keep_the_reason_and_the_original_bytes() {
     ];
     want.sort();
     assert_eq!(got, want);
+}
+
+#[test]
+fn progress_is_found_behind_other_sinks_records() {
+    let brokers = brokers_or_skip!();
+    let mut topics = kafka_support::Topics::new(&brokers);
+    let topic = topics.create("sink-scan", 1);
+    let cfg = KafkaSinkConfig::new("scan", &brokers, &topic, kafka_support::unique("txn-scan"));
+    let mut sink = KafkaSink::open(&cfg).unwrap();
+    let started = std::time::Instant::now();
+    for t in 1..=5u64 {
+        sink.write(t, &[(ev(t as usize), 1)]).unwrap();
+        sink.commit(&[t + 1]).unwrap();
+    }
+    eprintln!("5 commits took {:?}", started.elapsed());
+    drop(sink);
+    // Another sink writing to the same topic commits 1,500 times after us:
+    // our last progress record is far behind the end of the progress topic.
+    let other: Vec<(i32, Vec<u8>)> =
+        (0..1500).map(|i| (0, format!(r#"{{"sink":"other","frontier":[{i}]}}"#).into_bytes())).collect();
+    let p = kafka_support::producer(&brokers);
+    for (_, v) in &other {
+        p.send(rdkafka::producer::BaseRecord::to(&cfg.progress_topic()).key("other").payload(&v[..])).unwrap();
+        p.poll(std::time::Duration::ZERO);
+    }
+    rdkafka::producer::Producer::flush(&p, std::time::Duration::from_secs(30)).unwrap();
+    let sink = KafkaSink::open(&cfg).unwrap();
+    assert_eq!(sink.committed_frontier(), vec![6]);
+    // A sink that never committed starts from the beginning.
+    let fresh = KafkaSink::open(&KafkaSinkConfig::new("fresh", &brokers, &topic, kafka_support::unique("txn-fresh"))).unwrap();
+    assert_eq!(fresh.committed_frontier(), vec![0]);
 }

@@ -153,8 +153,8 @@ fn empty_partitions_do_not_hold_back_the_frontier() {
     cfg.bounded = false;
     let mut parts: Vec<KafkaPart> = (0..3).map(|w| cfg.part(w, 3).unwrap()).collect();
     let mut first: Vec<Option<u64>> = vec![None; 3];
-    let mut last = vec![0u64; 3];
-    let mut records = vec![0usize; 3];
+    let mut last = [0u64; 3];
+    let mut records = [0usize; 3];
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(1500) || records.iter().sum::<usize>() < 50 {
         assert!(started.elapsed() < Duration::from_secs(30), "only {records:?} of 50 records");

@@ -5,6 +5,7 @@
 //! - [`record`]: records that travel between dataflows and sinks (errors, counts)
 //!   and their JSON encodings;
 //! - [`ingest`]: the first job dataflow: validated / rejected split and counts.
+//! - [`identity`]: identity resolution: identifiers → profiles under rules, merges, splits, traits.
 //!
 //! This crate has no I/O beyond reading a spec file, and never links librdkafka.
 
@@ -12,6 +13,7 @@
 
 pub mod audience;
 pub mod event;
+pub mod identity;
 pub mod ingest;
 pub mod query;
 pub mod record;

@@ -406,8 +406,18 @@ pub enum OutputName {
     Events,
     /// Rejected records with their reasons (the dead-letter stream).
     Errors,
-    /// Counts per call type, per track event name and per rejection reason.
+    /// Counts per call type, per track event name, per rejection reason and of dropped duplicates.
     Counts,
+    /// Identifier → profile (one record per identifier).
+    Identities,
+    /// `profile_merged` / `profile_split` records.
+    ProfileChanges,
+    /// Profile traits from identify calls (last write wins per key).
+    ProfileTraits,
+    /// Audience memberships (+1 entered, −1 exited).
+    Audiences,
+    /// Computed-trait values.
+    ComputedTraits,
 }
 
 impl OutputName {
@@ -417,6 +427,11 @@ impl OutputName {
             OutputName::Events => "events",
             OutputName::Errors => "errors",
             OutputName::Counts => "counts",
+            OutputName::Identities => "identities",
+            OutputName::ProfileChanges => "profile_changes",
+            OutputName::ProfileTraits => "profile_traits",
+            OutputName::Audiences => "audiences",
+            OutputName::ComputedTraits => "computed_traits",
         }
     }
 }
@@ -600,8 +615,16 @@ impl JobSpec {
                     let (mut auds, mut comps) = (Vec::new(), Vec::new());
                     cond.audiences(&mut auds);
                     cond.computed(&mut comps);
-                    for r in auds.iter().filter(|r| !audience_names.contains(r.as_str())) {
-                        bad(format!("audiences[{i}].query"), format!("refers to audience {r:?}, which is not defined"));
+                    let earlier: BTreeSet<&str> = self.audiences[..i].iter().map(|a| a.name.as_str()).collect();
+                    for r in auds.iter() {
+                        if !audience_names.contains(r.as_str()) {
+                            bad(format!("audiences[{i}].query"), format!("refers to audience {r:?}, which is not defined"));
+                        } else if !earlier.contains(r.as_str()) {
+                            bad(
+                                format!("audiences[{i}].query"),
+                                format!("refers to audience {r:?}, which must be defined before this one (no cycles)"),
+                            );
+                        }
                     }
                     for r in comps.iter().filter(|r| !trait_names.contains(r.as_str())) {
                         bad(format!("audiences[{i}].query"), format!("refers to computed trait {r:?}, which is not defined"));

@@ -33,7 +33,15 @@ use weft_connectors::kafka::admin::create_topic;
 use weft_connectors::kafka::{DeadLetterSink, KafkaError, KafkaKey, KafkaSink, KafkaSinkConfig, KafkaSourceConfig};
 use weft_connectors::sink::Sink;
 use weft_connectors::source::{Decoded, PartProgress, Poll, SourcePart};
+use weft_dataflows::audience::{
+    compile_aggregate, compile_audience, AggValue, Members, Membership, ProfileInputs, TraitValue, TraitValues,
+};
+use weft_dataflows::event::Event;
+use weft_dataflows::identity::{
+    identity, Identifier, IdentityRules, ProfileChangeRecord, ProfileId, ProfileRecord, TraitRecord,
+};
 use weft_dataflows::ingest::ingest;
+use weft_dataflows::query::{parse_audience, parse_computed_trait};
 use weft_dataflows::record::{CountKey, WriteJson};
 use weft_dataflows::spec::{DedupeSpec, JobSpec, LatePolicySpec, OutputName, SinkSpec, SourceSpec};
 use weft_operators::dedupe::{DedupeConfig, LatePolicy};
@@ -44,6 +52,78 @@ use crate::runtime::{JobId, JobMetrics, Shared};
 
 /// Records a source part produces per activation before yielding to other operators.
 const SOURCE_BATCH: usize = 8192;
+
+/// The profile-level outputs of a job, readable for sinks.
+struct ProfileOutputs<'s> {
+    identities: VecCollection<'s, u64, ProfileRecord, isize>,
+    changes: VecCollection<'s, u64, ProfileChangeRecord, isize>,
+    traits: VecCollection<'s, u64, TraitRecord, isize>,
+    audiences: VecCollection<'s, u64, Membership, isize>,
+    computed: VecCollection<'s, u64, TraitValue, isize>,
+}
+
+/// Identity resolution, then computed traits and audiences over the profiles.
+///
+/// ```text
+///  events ─► identity ─► profiles (id → profile), traits, changes
+///     │                      │
+///     └─ anchor id ──────────┴─ join ─► (profile, event) ─► computed traits ─► audiences
+/// ```
+fn build_profiles<'s>(events: VecCollection<'s, u64, Event, isize>, spec: &JobSpec) -> Result<ProfileOutputs<'s>, String> {
+    let ids = identity(events.clone(), &spec.identity)?;
+    // Each event belongs to the profile of its anchor identifier (userId, else anonymousId, ...).
+    let rules = std::rc::Rc::new(IdentityRules::new(&spec.identity)?);
+    let anchored = events.flat_map(move |e| rules.observe(&e).anchor().map(|h| (h, e)));
+    let profile_events = anchored
+        .arrange_by_key_named("EventsByAnchor")
+        .join_core(ids.profile_of.clone(), |_h, e, p| Some((*p, e.clone())));
+    let inputs = ProfileInputs {
+        profiles: ids.profiles.clone().map(|(_, p)| p).distinct(),
+        events: profile_events,
+        traits: ids.traits.clone().map(|((p, k), v)| (p, (k.to_string(), v.to_string()))),
+    };
+    let mut computed: BTreeMap<String, TraitValues<'s, ProfileId>> = BTreeMap::new();
+    let mut computed_out = Vec::new();
+    for t in &spec.traits {
+        let agg = parse_computed_trait(&t.query).map_err(|e| format!("trait {}: {e}", t.name))?;
+        let values = compile_aggregate(&inputs, &agg);
+        let name = t.name.clone();
+        computed_out.push(values.clone().map(move |(p, v)| (p, (name.clone(), v))));
+        computed.insert(t.name.clone(), values);
+    }
+    let mut audiences: BTreeMap<String, Members<'s, ProfileId>> = BTreeMap::new();
+    let mut members_out = Vec::new();
+    for a in &spec.audiences {
+        let cond = parse_audience(&a.query).map_err(|e| format!("audience {}: {e}", a.name))?;
+        let members = compile_audience(&inputs, &cond, &computed, &audiences)?;
+        let key = a.key.clone().unwrap_or_else(|| a.name.clone());
+        members_out.push(members.clone().map(move |p| (p, key.clone())));
+        audiences.insert(a.name.clone(), members);
+    }
+    let scope = inputs.profiles.scope();
+    let audiences_out = differential_dataflow::collection::concatenate(scope, members_out)
+        .arrange_by_key_named("NameMembers")
+        .join_core(ids.identifiers.clone(), |_p, audience: &String, ident: &Identifier| {
+            Some(Membership { audience: audience.clone(), profile: format!("{}:{}", ident.kind, ident.value) })
+        });
+    let computed_out = differential_dataflow::collection::concatenate(scope, computed_out)
+        .arrange_by_key_named("NameComputed")
+        .join_core(ids.identifiers.clone(), |_p, (name, value): &(String, AggValue), ident| {
+            Some(TraitValue { name: name.clone(), profile: format!("{}:{}", ident.kind, ident.value), value: value.clone() })
+        });
+    Ok(ProfileOutputs {
+        identities: ids.profile_records(),
+        changes: ids.change_records(),
+        traits: ids.trait_records(),
+        audiences: audiences_out,
+        computed: computed_out,
+    })
+}
+
+/// An empty collection (an output whose producer could not be built).
+fn empty<'s, D: Clone + 'static>(scope: Scope<'s, u64>) -> VecCollection<'s, u64, D, isize> {
+    differential_dataflow::collection::concatenate(scope, Vec::new())
+}
 
 /// How long an idle (caught-up) unbounded source waits before polling again.
 const SOURCE_IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
@@ -167,14 +247,49 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
         });
         let outputs = ingest(decoded, dedupe.as_ref().map(|(c, s)| (c, s.clone())));
 
-        // STEP 3. Sinks, then the summary (final counts for the controller).
+        // STEP 3. Identity, computed traits and audiences, when anything uses them.
+        let profile_outputs = [
+            OutputName::Identities,
+            OutputName::ProfileChanges,
+            OutputName::ProfileTraits,
+            OutputName::Audiences,
+            OutputName::ComputedTraits,
+        ];
+        let needs_profiles = !spec.audiences.is_empty()
+            || !spec.traits.is_empty()
+            || spec.sinks.iter().any(|s| profile_outputs.contains(&s.output()));
+        let profiles = if needs_profiles {
+            match build_profiles(outputs.events.clone(), spec) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    if index == 0 {
+                        shared.job_error(id, &name, format!("identity and audiences are not running: {e}"));
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        // STEP 4. Sinks, then the summary (final counts for the controller).
         for sink in &spec.sinks {
             sinks_total += 1;
             let cx = SinkContext { job: id, job_name: &name, index, shared, metrics: &metrics, done: &sinks_done };
-            match sink.output() {
-                OutputName::Events => attach_sink(outputs.events.clone(), sink, &cx),
-                OutputName::Errors => attach_sink(outputs.errors.clone(), sink, &cx),
-                OutputName::Counts => attach_sink(outputs.counts.clone(), sink, &cx),
+            match (sink.output(), &profiles) {
+                (OutputName::Events, _) => attach_sink(outputs.events.clone(), sink, &cx),
+                (OutputName::Errors, _) => attach_sink(outputs.errors.clone(), sink, &cx),
+                (OutputName::Counts, _) => attach_sink(outputs.counts.clone(), sink, &cx),
+                (OutputName::Identities, Some(p)) => attach_sink(p.identities.clone(), sink, &cx),
+                (OutputName::ProfileChanges, Some(p)) => attach_sink(p.changes.clone(), sink, &cx),
+                (OutputName::ProfileTraits, Some(p)) => attach_sink(p.traits.clone(), sink, &cx),
+                (OutputName::Audiences, Some(p)) => attach_sink(p.audiences.clone(), sink, &cx),
+                (OutputName::ComputedTraits, Some(p)) => attach_sink(p.computed.clone(), sink, &cx),
+                (OutputName::Identities, None) => attach_sink::<ProfileRecord>(empty(scope), sink, &cx),
+                (OutputName::ProfileChanges, None) => attach_sink::<ProfileChangeRecord>(empty(scope), sink, &cx),
+                (OutputName::ProfileTraits, None) => attach_sink::<TraitRecord>(empty(scope), sink, &cx),
+                (OutputName::Audiences, None) => attach_sink::<Membership>(empty(scope), sink, &cx),
+                (OutputName::ComputedTraits, None) => attach_sink::<TraitValue>(empty(scope), sink, &cx),
             }
         }
         sinks_total += 1;
@@ -287,7 +402,12 @@ pub trait SinkRecord: timely::ExchangeData + Ord + Clone + WriteJson + KafkaKey 
     }
 }
 
-impl SinkRecord for weft_dataflows::event::Event {}
+impl SinkRecord for Event {}
+impl SinkRecord for ProfileRecord {}
+impl SinkRecord for ProfileChangeRecord {}
+impl SinkRecord for TraitRecord {}
+impl SinkRecord for Membership {}
+impl SinkRecord for TraitValue {}
 impl SinkRecord for (CountKey, isize) {}
 impl SinkRecord for weft_dataflows::record::ErrorRecord {
     fn open_kafka(config: &KafkaSinkConfig) -> Result<Box<dyn Sink<Self>>, KafkaError> {

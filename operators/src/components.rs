@@ -257,7 +257,10 @@ pub trait ComponentChanges<'scope, N> {
     fn component_changes(self, name: &str) -> VecCollection<'scope, u64, ComponentChange<N>, isize>;
 }
 
-/// One node's label change at one time: `(node side, from, to)`; `None` = absent.
+/// Updates of one logical time waiting for it to complete, with a capability to send at it.
+type Pending<D> = (Capability<u64>, Vec<(D, isize)>);
+
+/// One node's label change at one time: `(from, to)`; `None` = absent.
 type Move<N> = (Option<N>, Option<N>);
 
 /// A move as seen by the worker owning one of its labels: `(label, outgoing?, other label)`.
@@ -275,7 +278,7 @@ where
             by_node,
             &format!("{name}Moves"),
             |_cap, _info| {
-                let mut stash: BTreeMap<u64, (Capability<u64>, Vec<((N, N), isize)>)> = BTreeMap::new();
+                let mut stash: BTreeMap<u64, Pending<(N, N)>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     let port = output.output_index();
                     input.for_each(|cap, data| {

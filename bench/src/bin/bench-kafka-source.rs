@@ -55,6 +55,19 @@ struct Args {
     /// Brokers [default: $KAFKA_BROKERS].
     #[arg(long)]
     brokers: Option<String>,
+    /// Run only one measurement (`ceiling`, `baseline` or `weft`), e.g. under a profiler.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+/// CPU time (user + system) of the calling thread, from /proc (10 ms resolution).
+fn thread_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Consumer settings shared by both sides, so that only the client-side work differs.
@@ -172,6 +185,20 @@ fn weft(brokers: &str, topic: &str, budget: usize) -> Result<(u64, u64)> {
         }
     }
     drop(part);
+    if std::env::var_os("WEFT_BENCH_DEBUG").is_some() {
+        let mut lines = 0;
+        let mut stack = vec![state.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)?.flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    lines += std::fs::read_to_string(e.path())?.lines().count();
+                }
+            }
+        }
+        eprintln!("binding entries written: {lines}");
+    }
     let _ = std::fs::remove_dir_all(&state);
     Ok((n, errors))
 }
@@ -202,13 +229,23 @@ fn run(args: &Args, brokers: &str, topic: &str) -> Result<()> {
         events as f64 / produce_s
     );
     // 0: consume only, 1: baseline (consume + serde_json::Value), 2: weft.
+    let names = ["ceiling", "baseline", "weft"];
+    let selected: Vec<usize> = match &args.only {
+        None => vec![0, 1, 2],
+        Some(o) => match names.iter().position(|n| n == o) {
+            Some(i) => vec![i],
+            None => bail!("--only must be one of {names:?}"),
+        },
+    };
     let mut best = [f64::MAX; 3];
+    let mut best_cpu = [f64::MAX; 3];
     let mut weft_errors = 0;
     for rep in 0..args.reps {
         // Rotate the order, so that none always runs first.
-        for k in 0..3 {
-            let which = (rep + k) % 3;
+        for k in 0..selected.len() {
+            let which = selected[(rep + k) % selected.len()];
             let t = Instant::now();
+            let cpu = thread_cpu();
             let n = match which {
                 0 => baseline(brokers, topic, args.partitions, events, false)?,
                 1 => baseline(brokers, topic, args.partitions, events, true)?,
@@ -219,20 +256,40 @@ fn run(args: &Args, brokers: &str, topic: &str) -> Result<()> {
                 }
             };
             if n != events {
-                bail!("measurement {which} read {n} records, expected {events}");
+                bail!("measurement {} read {n} records, expected {events}", names[which]);
             }
             best[which] = best[which].min(t.elapsed().as_secs_f64());
+            best_cpu[which] = best_cpu[which].min(thread_cpu() - cpu);
         }
     }
     let rate = |s: f64| events as f64 / s;
-    println!("best of {} runs, {} events, {} partitions, one consumer thread each:", args.reps, events, args.partitions);
-    println!("  ceiling   rdkafka BaseConsumer, no decoding          {:>7.2} s  {:>10.0} events/s", best[0], rate(best[0]));
-    println!("  baseline  rdkafka BaseConsumer + serde_json::Value   {:>7.2} s  {:>10.0} events/s", best[1], rate(best[1]));
     println!(
-        "  weft      KafkaPart (reclock + parse_event)          {:>7.2} s  {:>10.0} events/s  ({weft_errors} error records)",
-        best[2],
-        rate(best[2])
+        "best of {} runs, {} events, {} partitions, one polling thread each (cpu = that thread's user+sys time):",
+        args.reps, events, args.partitions
     );
-    println!("  ratio weft/baseline: {:.2}   weft/ceiling: {:.2}", rate(best[2]) / rate(best[1]), rate(best[2]) / rate(best[0]));
+    let labels = [
+        "ceiling   rdkafka BaseConsumer, no decoding         ",
+        "baseline  rdkafka BaseConsumer + serde_json::Value  ",
+        "weft      KafkaPart (reclock + parse_event)         ",
+    ];
+    for &i in &selected {
+        let extra = if i == 2 { format!("  ({weft_errors} error records)") } else { String::new() };
+        println!(
+            "  {} {:>7.2} s {:>10.0} events/s   cpu {:>6.2} s {:>10.0} events/cpu-s{extra}",
+            labels[i],
+            best[i],
+            rate(best[i]),
+            best_cpu[i],
+            rate(best_cpu[i])
+        );
+    }
+    if selected.len() == 3 {
+        println!(
+            "  ratio weft/baseline: {:.2} (wall), {:.2} (cpu)   weft/ceiling: {:.2} (wall)",
+            rate(best[2]) / rate(best[1]),
+            rate(best_cpu[2]) / rate(best_cpu[1]),
+            rate(best[2]) / rate(best[0])
+        );
+    }
     Ok(())
 }

@@ -26,6 +26,7 @@
 //! few Weft owns; [`validate_options`] names them.
 
 pub mod admin;
+mod keys;
 pub mod reclock;
 pub mod sink;
 pub mod source;

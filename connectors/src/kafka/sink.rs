@@ -43,8 +43,17 @@
 //! Commits without new data are skipped (there is nothing to make visible),
 //! except the final one (`frontier: []`).
 //!
-//! Until a crashed sink is reopened (or `transaction.timeout.ms` passes),
-//! its open transaction holds back `read_committed` readers of the topic.
+//! `write` only encodes: the records wait in memory and are produced inside
+//! `commit`, in the transaction it closes (or earlier, in that same
+//! transaction, once more than [`MAX_BUFFERED_BYTES`] wait). So a
+//! transaction stays open only while a commit runs, which keeps
+//! `read_committed` readers from being held back between commits, and a
+//! crash between commits leaves nothing on the broker. This matters on
+//! brokers that do not hide aborted transactions from `read_committed`
+//! readers (tansu, see `scripts/kafka.sh`): there, only a crash in the middle
+//! of a commit can leave visible aborted records. Until a crashed sink is
+//! reopened (or `transaction.timeout.ms` passes), a transaction it left open
+//! holds back `read_committed` readers of the topic.
 //!
 //! ## Errors
 //!

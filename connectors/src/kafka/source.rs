@@ -22,10 +22,15 @@
 //! logical time `now` rounded down to `tick_ms` (and never less than a time
 //! already used). When nothing arrives the part still reports the current
 //! tick as its lower bound, so an idle partition never holds back the
-//! frontier. Each poll's records are bound durably before they are handed
-//! out; see [`super::reclock`] for the binding, its invariants and the
-//! restart rule (replay from the first binding at the recorded times, then
-//! new times `>= max recorded + tick`).
+//! frontier. Records are bound durably before they are handed out: a part
+//! reads into a staging batch and syncs the bindings of the batch (one
+//! `fdatasync` per partition log, all at once) when the batch holds
+//! [`BIND_BATCH`] records, when the consumers have nothing more to give
+//! right now, or when the tick changes; a caught-up source therefore hands
+//! records out at once, and a source catching up pays for a sync only every
+//! few thousand records. See [`super::reclock`] for the binding, its
+//! invariants and the restart rule (replay from the first binding at the
+//! recorded times, then new times `>= max recorded + tick`).
 //!
 //! Records are read with `isolation.level=read_committed`.
 //!
@@ -68,8 +73,11 @@ use crate::source::{Decoded, PartProgress, Poll, SourcePart};
 /// How often an unbounded part looks for partitions added to its topics.
 pub const METADATA_REFRESH: Duration = Duration::from_secs(5);
 
-/// How long a metadata or watermark request may take.
+/// How long a metadata or watermark request may take when a part is created.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the periodic look for new partitions may block a poll.
+pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most records read before their bindings are synced and they are handed
 /// out. Bindings are also synced when the consumer has nothing more to
@@ -170,7 +178,7 @@ impl KafkaSourceConfig {
             let consumer: BaseConsumer = cfg
                 .create()
                 .map_err(|e| KafkaError::client(format!("cannot create a Kafka consumer for source {:?}", self.name), e))?;
-            let count = partition_count(&consumer, topic, &self.brokers)?.ok_or_else(|| {
+            let count = partition_count(&consumer, topic, &self.brokers, METADATA_TIMEOUT)?.ok_or_else(|| {
                 KafkaError::Config(format!(
                     "Kafka source {:?}: topic {topic:?} does not exist on {}; create it first.",
                     self.name, self.brokers
@@ -206,9 +214,14 @@ pub fn owner(topic: &str, partition: i32, source_index: usize, peers: usize) -> 
     (start + source_index + partition as usize) % peers
 }
 
-fn partition_count(consumer: &BaseConsumer, topic: &str, brokers: &str) -> Result<Option<usize>, KafkaError> {
+fn partition_count(
+    consumer: &BaseConsumer,
+    topic: &str,
+    brokers: &str,
+    timeout: Duration,
+) -> Result<Option<usize>, KafkaError> {
     let md = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .fetch_metadata(Some(topic), timeout)
         .map_err(|e| KafkaError::client(format!("cannot read metadata of topic {topic:?} from {brokers}"), e))?;
     Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
         if t.error().is_some() || t.partitions().is_empty() {
@@ -349,7 +362,7 @@ impl KafkaPart {
     fn refresh(&mut self) {
         for t in 0..self.topics.len() {
             let reader = &self.topics[t];
-            let count = match partition_count(&reader.consumer, &reader.topic, &self.config.brokers) {
+            let count = match partition_count(&reader.consumer, &reader.topic, &self.config.brokers, REFRESH_TIMEOUT) {
                 Ok(Some(c)) => c,
                 Ok(None) => continue,
                 Err(e) => {
