@@ -58,7 +58,9 @@
 //!   exempt from limits, so `user_id` alias chains merge.
 //! - **Group.** `group` does not add edges: it makes the profile of the
 //!   event's anchor a member of the account `(group_id, groupId)`
-//!   ([`IdentityOutputs::accounts`]). Two users of one account stay two profiles.
+//!   ([`IdentityOutputs::accounts`]). Two users of one account stay two
+//!   profiles. `group_id` is never a node of the identity graph, so `limits`
+//!   and `priority` entries for it have no effect.
 //!
 //! # Rules
 //!

@@ -166,8 +166,8 @@ fn run_identity(args: &Args, events: Arc<Vec<Event>>) -> Report {
         let users: Vec<usize> = (0..people).filter(|p| is_user(*p)).collect();
         let visitors: Vec<usize> = (0..people).filter(|p| !is_user(*p)).collect();
         let mut latencies = Vec::with_capacity(merges);
-        for k in 0..merges.min(visitors.len() / 2) {
-            let e = merge_event(users[rng.gen_range(0..users.len())], visitors[k], k);
+        for (k, &visitor) in visitors.iter().take(merges.min(visitors.len() / 2)).enumerate() {
+            let e = merge_event(users[rng.gen_range(0..users.len())], visitor, k);
             let start = Instant::now();
             if index == 0 {
                 input.insert(e);
