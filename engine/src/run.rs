@@ -12,7 +12,7 @@ use weft_dataflows::spec::{JobSpec, SinkSpec, SourceSpec};
 use crate::runtime::{Cluster, ClusterConfig, JobReport, JobStatus};
 
 /// Sections a spec may contain that this version validates but does not yet evaluate.
-const NOT_YET_EVALUATED: [&str; 4] = ["identity", "traits", "audiences", "regulations"];
+const NOT_YET_EVALUATED: [&str; 1] = ["regulations"];
 
 /// Loads and validates a spec; returns it with a list of warnings.
 pub fn validate(path: &Path) -> anyhow::Result<(JobSpec, Vec<String>)> {
