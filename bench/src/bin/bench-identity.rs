@@ -22,9 +22,10 @@
 //! 4. **components**: the load's edges alone through
 //!    `weft_operators::components::connected_components`.
 //! 5. **COST**: the load's edges (extracted beforehand, as for 4) through a
-//!    union-find with path halving and union by size (no rules), and through
-//!    the same union-find applying the per-profile limits greedily in edge
-//!    order (the rules' second step, single-threaded).
+//!    union-find with path halving and union by size (no rules; a hash map
+//!    from 128-bit identifier hashes to dense ids), and through the same
+//!    union-find applying the per-profile limits greedily in edge order (the
+//!    rules' second step, single-threaded).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -246,6 +247,27 @@ fn run_components(args: &Args, edges: Arc<Vec<(IdHash, IdHash)>>, batch_edges: u
     d
 }
 
+/// The keys are already 128-bit hashes: a hasher that just folds them.
+#[derive(Default, Clone, Copy)]
+struct FoldHasher(u64);
+
+impl std::hash::Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, x: u128) {
+        self.0 = (x as u64) ^ ((x >> 64) as u64);
+    }
+}
+
+/// Dense ids for 128-bit hashes.
+type DenseIds = std::collections::HashMap<IdHash, u32, std::hash::BuildHasherDefault<FoldHasher>>;
+
 /// Union-find over dense ids, path halving, union by size.
 struct UnionFind {
     parent: Vec<u32>,
@@ -282,7 +304,7 @@ impl UnionFind {
 /// Phase 5a: plain union-find; returns (time, components).
 fn run_union_find(edges: &[(IdHash, IdHash)]) -> (Duration, usize) {
     let start = Instant::now();
-    let mut ids: std::collections::HashMap<IdHash, u32> = std::collections::HashMap::with_capacity(edges.len() * 2);
+    let mut ids = DenseIds::with_capacity_and_hasher(edges.len() * 2, Default::default());
     let mut uf = UnionFind { parent: Vec::new(), size: Vec::new() };
     for (a, b) in edges {
         let a = *ids.entry(*a).or_insert_with(|| uf.push());
@@ -296,7 +318,7 @@ fn run_union_find(edges: &[(IdHash, IdHash)]) -> (Duration, usize) {
 /// Phase 5b: union-find applying per-profile limits greedily in edge order; returns (time, accepted).
 fn run_greedy(edges: &[(IdHash, IdHash, KindRank, KindRank)], rules: &IdentityRules) -> (Duration, usize) {
     let start = Instant::now();
-    let mut ids: std::collections::HashMap<IdHash, u32> = std::collections::HashMap::with_capacity(edges.len() * 2);
+    let mut ids = DenseIds::with_capacity_and_hasher(edges.len() * 2, Default::default());
     let mut uf = UnionFind { parent: Vec::new(), size: Vec::new() };
     // Per root: counts of the limited kinds (at most 4 built-in limited kinds here).
     let mut counts: Vec<[u16; 4]> = Vec::new();
