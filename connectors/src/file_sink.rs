@@ -66,3 +66,73 @@ impl<W: Write, D: WriteJson> Sink<D> for JsonLinesSink<W> {
         Ok(())
     }
 }
+
+/// Writes audience membership changes as Segment calls, one per line, for
+/// destinations that take Segment events: `identify` with
+/// `traits: {<audience key>: true|false}`, or `track` `Audience Entered` /
+/// `Audience Exited` with `properties.audience_key`. The profile goes to
+/// `userId` (a `user_id` profile), `anonymousId` (an `anonymous_id` profile) or
+/// both `anonymousId` and `context.externalIds` (other kinds). `timestamp` is
+/// the logical time of the change; `messageId` is derived from the change, so
+/// a rewrite of the same change has the same id (destinations can dedupe).
+pub struct SegmentAudienceSink<W: Write> {
+    inner: JsonLinesSink<W>,
+    track: bool,
+}
+
+impl SegmentAudienceSink<BufWriter<File>> {
+    /// Creates (truncates) `path`; `track` selects the track form, else identify.
+    pub fn create(path: &Path, track: bool) -> io::Result<Self> {
+        Ok(SegmentAudienceSink { inner: JsonLinesSink::create(path)?, track })
+    }
+}
+
+/// One Segment call for one membership change.
+pub fn segment_audience_call(m: &weft_dataflows::audience::Membership, time: u64, entered: bool, track: bool) -> serde_json::Value {
+    use serde_json::json;
+    let (kind, value) = m.profile.split_once(':').unwrap_or(("anonymous_id", &m.profile));
+    let id = fnv1a(&format!("{}|{}|{}|{}|{}", m.audience, m.profile, time, entered, track));
+    let mut call = if track {
+        json!({
+            "type": "track",
+            "event": if entered { "Audience Entered" } else { "Audience Exited" },
+            "properties": { "audience_key": m.audience },
+        })
+    } else {
+        json!({ "type": "identify", "traits": { m.audience.clone(): entered } })
+    };
+    call["messageId"] = json!(format!("weft-audience-{id:016x}"));
+    call["timestamp"] = json!(weft_dataflows::event::format_iso8601(time as i64));
+    match kind {
+        "user_id" => call["userId"] = json!(value),
+        "anonymous_id" => call["anonymousId"] = json!(value),
+        _ => {
+            call["anonymousId"] = json!(m.profile);
+            call["context"] = json!({ "externalIds": [{ "id": value, "type": kind, "collection": "users", "encoding": "none" }] });
+        }
+    }
+    call
+}
+
+/// FNV-1a (64 bit): a stable hash for derived message ids, without a dependency.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl<W: Write> Sink<weft_dataflows::audience::Membership> for SegmentAudienceSink<W> {
+    fn write(&mut self, time: u64, updates: &[(weft_dataflows::audience::Membership, isize)]) -> io::Result<()> {
+        for (m, diff) in updates {
+            let call = segment_audience_call(m, time, *diff > 0, self.track);
+            for _ in 0..diff.unsigned_abs() {
+                serde_json::to_writer(&mut self.inner.out, &call)?;
+                self.inner.out.write_all(b"\n")?;
+                self.inner.lines += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, frontier: &[u64]) -> io::Result<()> {
+        <JsonLinesSink<W> as Sink<weft_dataflows::audience::Membership>>::commit(&mut self.inner, frontier)
+    }
+}

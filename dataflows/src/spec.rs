@@ -349,6 +349,9 @@ pub enum SinkSpec {
         output: OutputName,
         /// The file (relative to the spec file's directory); parent directories are created.
         path: PathBuf,
+        /// How records are written.
+        #[serde(default)]
+        format: SinkFormat,
     },
     /// The same lines on standard output.
     Stdout {
@@ -396,6 +399,19 @@ impl SinkSpec {
             SinkSpec::File { output, .. } | SinkSpec::Stdout { output, .. } | SinkSpec::Kafka { output, .. } => *output,
         }
     }
+}
+
+/// How a file sink writes its records.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkFormat {
+    /// One change per line: `{"time", "diff", "data"}`.
+    #[default]
+    Changes,
+    /// Audience changes as Segment `identify` calls: `traits: {<audience key>: true|false}`.
+    SegmentIdentify,
+    /// Audience changes as Segment `track` calls: `Audience Entered` / `Audience Exited`.
+    SegmentTrack,
 }
 
 /// The outputs a job produces, which sinks can subscribe to.
@@ -636,6 +652,11 @@ impl JobSpec {
         for (i, s) in self.sinks.iter().enumerate() {
             if !sink_names.insert(s.name().to_string()) {
                 bad(format!("sinks[{i}].name"), format!("duplicate sink name {:?}", s.name()));
+            }
+            if let SinkSpec::File { format, output, .. } = s {
+                if *format != SinkFormat::Changes && *output != OutputName::Audiences {
+                    bad(format!("sinks[{i}].format"), "the Segment formats apply to the `audiences` output only".into());
+                }
             }
             if let SinkSpec::Kafka { topic, options, partitions, .. } = s {
                 if topic.trim().is_empty() {

@@ -27,7 +27,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::Scope;
 use timely::scheduling::Activator;
 use timely::worker::Worker;
-use weft_connectors::file_sink::JsonLinesSink;
+use weft_connectors::file_sink::{JsonLinesSink, SegmentAudienceSink};
 use weft_connectors::file_source::FileSourceConfig;
 use weft_connectors::kafka::admin::create_topic;
 use weft_connectors::kafka::{DeadLetterSink, KafkaError, KafkaKey, KafkaSink, KafkaSinkConfig, KafkaSourceConfig};
@@ -43,7 +43,7 @@ use weft_dataflows::identity::{
 use weft_dataflows::ingest::ingest;
 use weft_dataflows::query::{parse_audience, parse_computed_trait};
 use weft_dataflows::record::{CountKey, WriteJson};
-use weft_dataflows::spec::{DedupeSpec, JobSpec, LatePolicySpec, OutputName, SinkSpec, SourceSpec};
+use weft_dataflows::spec::{DedupeSpec, JobSpec, LatePolicySpec, OutputName, SinkFormat, SinkSpec, SourceSpec};
 use weft_operators::dedupe::{DedupeConfig, LatePolicy};
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
 use weft_operators::reclock::Reclock;
@@ -400,13 +400,22 @@ pub trait SinkRecord: timely::ExchangeData + Ord + Clone + WriteJson + KafkaKey 
     fn open_kafka(config: &KafkaSinkConfig) -> Result<Box<dyn Sink<Self>>, KafkaError> {
         Ok(Box::new(KafkaSink::open(config)?))
     }
+    /// Opens a file sink writing Segment calls (audiences only; validation
+    /// rejects the Segment formats for other outputs).
+    fn open_segment(_path: &std::path::Path, _track: bool) -> Result<Box<dyn Sink<Self>>, String> {
+        Err("the Segment formats apply to the audiences output only".into())
+    }
 }
 
 impl SinkRecord for Event {}
 impl SinkRecord for ProfileRecord {}
 impl SinkRecord for ProfileChangeRecord {}
 impl SinkRecord for TraitRecord {}
-impl SinkRecord for Membership {}
+impl SinkRecord for Membership {
+    fn open_segment(path: &std::path::Path, track: bool) -> Result<Box<dyn Sink<Self>>, String> {
+        SegmentAudienceSink::create(path, track).map(|s| Box::new(s) as Box<dyn Sink<Self>>).map_err(|e| e.to_string())
+    }
+}
 impl SinkRecord for TraitValue {}
 impl SinkRecord for (CountKey, isize) {}
 impl SinkRecord for weft_dataflows::record::ErrorRecord {
@@ -421,9 +430,10 @@ fn attach_sink<D: SinkRecord>(collection: VecCollection<'_, u64, D, isize>, spec
     let mut sink: Option<Box<dyn Sink<D>>> = None;
     if cx.index == 0 {
         let created: Result<Box<dyn Sink<D>>, String> = match spec {
-            SinkSpec::File { path, .. } => {
+            SinkSpec::File { path, format: SinkFormat::Changes, .. } => {
                 JsonLinesSink::create(path).map(|s| Box::new(s) as Box<dyn Sink<D>>).map_err(|e| e.to_string())
             }
+            SinkSpec::File { path, format, .. } => D::open_segment(path, *format == SinkFormat::SegmentTrack),
             SinkSpec::Stdout { .. } => Ok(Box::new(JsonLinesSink::stdout())),
             SinkSpec::Kafka { brokers, topic, partitions, options, .. } => {
                 let brokers = brokers.clone().unwrap_or_default();

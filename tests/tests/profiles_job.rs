@@ -44,6 +44,18 @@ output = "audiences"
 path = "out/audiences.jsonl"
 [[sinks]]
 type = "file"
+name = "audiences-identify"
+output = "audiences"
+format = "segment_identify"
+path = "out/audiences-identify.jsonl"
+[[sinks]]
+type = "file"
+name = "audiences-track"
+output = "audiences"
+format = "segment_track"
+path = "out/audiences-track.jsonl"
+[[sinks]]
+type = "file"
 name = "computed"
 output = "computed_traits"
 path = "out/computed.jsonl"
@@ -114,6 +126,32 @@ fn memberships_enter_on_identify_and_exit_when_the_window_runs_out() {
         casual_a1,
         vec![(ms("2026-01-01T10:00:00Z"), 1), (ms("2026-01-01T10:05:00Z"), -1), (ms("2026-01-31T10:01:00Z"), 1)]
     );
+
+    // The same changes in the two forms destinations expect, as valid Segment calls.
+    let segment = |file: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.path().join(file))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                weft_dataflows::event::parse_event(l.as_bytes(), &Default::default()).unwrap_or_else(|e| panic!("{l}: {e}"));
+                serde_json::from_str(l).unwrap()
+            })
+            .filter(|v: &serde_json::Value| v["anonymousId"] == "a1")
+            .collect()
+    };
+    let identify = segment("out/audiences-identify.jsonl");
+    let shoe: Vec<(&str, bool)> = identify
+        .iter()
+        .filter_map(|v| v["traits"]["shoe_lovers"].as_bool().map(|b| (v["timestamp"].as_str().unwrap(), b)))
+        .collect();
+    assert_eq!(shoe, vec![("2026-01-01T10:05:00.000Z", true), ("2026-01-31T10:01:00.000Z", false)], "{identify:?}");
+    let track = segment("out/audiences-track.jsonl");
+    let shoe: Vec<(&str, &str)> = track
+        .iter()
+        .filter(|v| v["properties"]["audience_key"] == "shoe_lovers")
+        .map(|v| (v["event"].as_str().unwrap(), v["timestamp"].as_str().unwrap()))
+        .collect();
+    assert_eq!(shoe, vec![("Audience Entered", "2026-01-01T10:05:00.000Z"), ("Audience Exited", "2026-01-31T10:01:00.000Z")]);
 
     // The computed trait counts down as views leave the window.
     let computed = read_changes(&dir.path().join("out/computed.jsonl"));
