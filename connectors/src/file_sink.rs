@@ -27,17 +27,28 @@ impl JsonLinesSink<BufWriter<File>> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = File::create(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))?;
+        let file = File::create(path).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display()))
+        })?;
         let sync = file.try_clone()?;
-        Ok(JsonLinesSink { out: BufWriter::with_capacity(1 << 20, file), buf: Vec::new(), file: Some(sync), lines: 0 })
+        Ok(JsonLinesSink {
+            out: BufWriter::with_capacity(1 << 20, file),
+            buf: Vec::new(),
+            file: Some(sync),
+            lines: 0,
+        })
     }
 }
 
 impl JsonLinesSink<io::Stdout> {
     /// Writes to standard output.
     pub fn stdout() -> Self {
-        JsonLinesSink { out: io::stdout(), buf: Vec::new(), file: None, lines: 0 }
+        JsonLinesSink {
+            out: io::stdout(),
+            buf: Vec::new(),
+            file: None,
+            lines: 0,
+        }
     }
 }
 
@@ -83,15 +94,29 @@ pub struct SegmentAudienceSink<W: Write> {
 impl SegmentAudienceSink<BufWriter<File>> {
     /// Creates (truncates) `path`; `track` selects the track form, else identify.
     pub fn create(path: &Path, track: bool) -> io::Result<Self> {
-        Ok(SegmentAudienceSink { inner: JsonLinesSink::create(path)?, track })
+        Ok(SegmentAudienceSink {
+            inner: JsonLinesSink::create(path)?,
+            track,
+        })
     }
 }
 
 /// One Segment call for one membership change.
-pub fn segment_audience_call(m: &weft_dataflows::audience::Membership, time: u64, entered: bool, track: bool) -> serde_json::Value {
+pub fn segment_audience_call(
+    m: &weft_dataflows::audience::Membership,
+    time: u64,
+    entered: bool,
+    track: bool,
+) -> serde_json::Value {
     use serde_json::json;
-    let (kind, value) = m.profile.split_once(':').unwrap_or(("anonymous_id", &m.profile));
-    let id = fnv1a(&format!("{}|{}|{}|{}|{}", m.audience, m.profile, time, entered, track));
+    let (kind, value) = m
+        .profile
+        .split_once(':')
+        .unwrap_or(("anonymous_id", &m.profile));
+    let id = fnv1a(&format!(
+        "{}|{}|{}|{}|{}",
+        m.audience, m.profile, time, entered, track
+    ));
     let mut call = if track {
         json!({
             "type": "track",
@@ -116,11 +141,17 @@ pub fn segment_audience_call(m: &weft_dataflows::audience::Membership, time: u64
 
 /// FNV-1a (64 bit): a stable hash for derived message ids, without a dependency.
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl<W: Write> Sink<weft_dataflows::audience::Membership> for SegmentAudienceSink<W> {
-    fn write(&mut self, time: u64, updates: &[(weft_dataflows::audience::Membership, isize)]) -> io::Result<()> {
+    fn write(
+        &mut self,
+        time: u64,
+        updates: &[(weft_dataflows::audience::Membership, isize)],
+    ) -> io::Result<()> {
         for (m, diff) in updates {
             let call = segment_audience_call(m, time, *diff > 0, self.track);
             for _ in 0..diff.unsigned_abs() {
@@ -133,6 +164,9 @@ impl<W: Write> Sink<weft_dataflows::audience::Membership> for SegmentAudienceSin
     }
 
     fn commit(&mut self, frontier: &[u64]) -> io::Result<()> {
-        <JsonLinesSink<W> as Sink<weft_dataflows::audience::Membership>>::commit(&mut self.inner, frontier)
+        <JsonLinesSink<W> as Sink<weft_dataflows::audience::Membership>>::commit(
+            &mut self.inner,
+            frontier,
+        )
     }
 }

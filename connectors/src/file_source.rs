@@ -64,19 +64,35 @@ impl FileSourceConfig {
 
     /// The part that worker `index` of `peers` reads.
     pub fn part(&self, index: usize, peers: usize) -> io::Result<FilePart> {
-        let file = File::open(&self.path)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", self.path.display())))?;
+        let file = File::open(&self.path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open {}: {e}", self.path.display()),
+            )
+        })?;
         let size = file.metadata()?.len();
         let mode = if self.is_gzip() {
             if self.file_index % peers == index {
-                let counted = CountingReader { inner: file, count: 0 };
-                Mode::Gzip { reader: BufReader::with_capacity(1 << 20, MultiGzDecoder::new(counted)), offset: 0 }
+                let counted = CountingReader {
+                    inner: file,
+                    count: 0,
+                };
+                Mode::Gzip {
+                    reader: BufReader::with_capacity(1 << 20, MultiGzDecoder::new(counted)),
+                    offset: 0,
+                }
             } else {
                 Mode::Finished
             }
         } else {
             let chunks = size.div_ceil(self.chunk_bytes);
-            Mode::Plain { file: Some(file), next_chunk: index as u64, stride: peers as u64, chunks, current: None }
+            Mode::Plain {
+                file: Some(file),
+                next_chunk: index as u64,
+                stride: peers as u64,
+                chunks,
+                current: None,
+            }
         };
         Ok(FilePart {
             config: self.clone(),
@@ -114,8 +130,17 @@ struct Chunk {
 }
 
 enum Mode {
-    Plain { file: Option<File>, next_chunk: u64, stride: u64, chunks: u64, current: Option<Chunk> },
-    Gzip { reader: BufReader<MultiGzDecoder<CountingReader<File>>>, offset: u64 },
+    Plain {
+        file: Option<File>,
+        next_chunk: u64,
+        stride: u64,
+        chunks: u64,
+        current: Option<Chunk>,
+    },
+    Gzip {
+        reader: BufReader<MultiGzDecoder<CountingReader<File>>>,
+        offset: u64,
+    },
     Finished,
 }
 
@@ -133,7 +158,11 @@ pub struct FilePart {
 /// Reads one line (without its `\n`) into `buf`, keeping at most `max` bytes.
 /// Returns the bytes consumed from the reader (including the newline, 0 at EOF)
 /// and the length of the line without its newline.
-fn read_line_bounded<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>, max: usize) -> io::Result<(u64, u64)> {
+fn read_line_bounded<R: BufRead>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<(u64, u64)> {
     buf.clear();
     let mut consumed = 0u64;
     loop {
@@ -178,15 +207,31 @@ impl FilePart {
                 line,
             ));
         }
-        parse_event(line, &self.cx)
-            .map_err(|rej| ErrorRecord::new(&self.config.name, self.config.file_index as u32, offset, rej, line))
+        parse_event(line, &self.cx).map_err(|rej| {
+            ErrorRecord::new(
+                &self.config.name,
+                self.config.file_index as u32,
+                offset,
+                rej,
+                line,
+            )
+        })
     }
 
     fn poll_plain(&mut self, out: &mut Vec<(Decoded, u64)>, budget: usize) -> io::Result<Poll> {
         let chunk_bytes = self.config.chunk_bytes;
         let mut produced = 0;
         loop {
-            let Mode::Plain { file, next_chunk, stride, chunks, current } = &mut self.mode else { unreachable!() };
+            let Mode::Plain {
+                file,
+                next_chunk,
+                stride,
+                chunks,
+                current,
+            } = &mut self.mode
+            else {
+                unreachable!()
+            };
             // STEP 1. Open the next chunk assigned to this worker.
             if current.is_none() {
                 if *next_chunk >= *chunks {
@@ -213,21 +258,37 @@ impl FilePart {
                     }
                 }
                 self.consumed += pos - start;
-                *current = Some(Chunk { reader, pos, end: start + chunk_bytes, time: k });
+                *current = Some(Chunk {
+                    reader,
+                    pos,
+                    end: start + chunk_bytes,
+                    time: k,
+                });
             }
             let chunk = current.as_mut().expect("chunk is open");
             // STEP 2. Read lines that start inside the chunk.
             if chunk.pos >= chunk.end {
                 let reader = current.take().expect("chunk is open").reader;
-                let Mode::Plain { file, next_chunk, .. } = &mut self.mode else { unreachable!() };
+                let Mode::Plain {
+                    file, next_chunk, ..
+                } = &mut self.mode
+                else {
+                    unreachable!()
+                };
                 *file = Some(reader.into_inner());
                 if produced >= budget {
-                    return Ok(Poll::Pending { lower: *next_chunk, idle: false });
+                    return Ok(Poll::Pending {
+                        lower: *next_chunk,
+                        idle: false,
+                    });
                 }
                 continue;
             }
             if produced >= budget {
-                return Ok(Poll::Pending { lower: chunk.time, idle: false });
+                return Ok(Poll::Pending {
+                    lower: chunk.time,
+                    idle: false,
+                });
             }
             let offset = chunk.pos;
             let time = chunk.time;
@@ -249,7 +310,9 @@ impl FilePart {
     fn poll_gzip(&mut self, out: &mut Vec<(Decoded, u64)>, budget: usize) -> io::Result<Poll> {
         let chunk_bytes = self.config.chunk_bytes;
         for _ in 0..budget {
-            let Mode::Gzip { reader, offset } = &mut self.mode else { unreachable!() };
+            let Mode::Gzip { reader, offset } = &mut self.mode else {
+                unreachable!()
+            };
             let start = *offset;
             let (n, len) = read_line_bounded(reader, &mut self.line, MAX_LINE_BYTES)?;
             self.consumed = reader.get_ref().get_ref().count;
@@ -262,8 +325,13 @@ impl FilePart {
             let decoded = self.decode(start, len);
             out.push((decoded, start / chunk_bytes));
         }
-        let Mode::Gzip { offset, .. } = &self.mode else { unreachable!() };
-        Ok(Poll::Pending { lower: *offset / chunk_bytes, idle: false })
+        let Mode::Gzip { offset, .. } = &self.mode else {
+            unreachable!()
+        };
+        Ok(Poll::Pending {
+            lower: *offset / chunk_bytes,
+            idle: false,
+        })
     }
 }
 
@@ -286,13 +354,21 @@ impl SourcePart for FilePart {
     }
 
     fn progress(&self) -> PartProgress {
-        PartProgress { consumed: self.consumed, total: Some(self.size), records: self.records }
+        PartProgress {
+            consumed: self.consumed,
+            total: Some(self.size),
+            records: self.records,
+        }
     }
 }
 
 /// Total bytes of a set of file sources, for progress display.
 pub fn total_bytes(paths: &[&Path]) -> u64 {
-    paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+    paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 #[cfg(test)]
@@ -319,7 +395,10 @@ mod tests {
                 let before = out.len();
                 let p = part.poll(&mut out, 7);
                 for (_, t) in &out[before..] {
-                    assert!(*t >= last_lower, "time {t} below promised lower bound {last_lower}");
+                    assert!(
+                        *t >= last_lower,
+                        "time {t} below promised lower bound {last_lower}"
+                    );
                 }
                 match p {
                     Poll::Done => break,
@@ -353,7 +432,8 @@ mod tests {
         }
         text.push_str(&line(9999)); // no trailing newline
         std::fs::write(&plain, &text).unwrap();
-        let mut enc = flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        let mut enc =
+            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
         enc.write_all(text.as_bytes()).unwrap();
         enc.finish().unwrap();
 
@@ -366,7 +446,10 @@ mod tests {
         };
         let one = read_all(&cfg(&plain), 1);
         assert_eq!(one.len(), 500 + 1 + 2 * 6);
-        assert_eq!(one.iter().filter(|(id, _)| id.starts_with("err")).count(), 12);
+        assert_eq!(
+            one.iter().filter(|(id, _)| id.starts_with("err")).count(),
+            12
+        );
         for peers in [2, 3, 4] {
             assert_eq!(read_all(&cfg(&plain), peers), one, "plain, {peers} workers");
         }

@@ -27,8 +27,17 @@ fn ev(i: usize) -> Event {
 fn changes(t: u64) -> Changes {
     let events = (0..5).map(|i| (ev(t as usize * 100 + i), 1)).collect();
     let counts = vec![
-        ((CountKey::TrackEvent(format!("E{t}").into()), t as isize), 1),
-        ((CountKey::TrackEvent(format!("E{}", t.saturating_sub(1)).into()), t as isize - 1), -1),
+        (
+            (CountKey::TrackEvent(format!("E{t}").into()), t as isize),
+            1,
+        ),
+        (
+            (
+                CountKey::TrackEvent(format!("E{}", t.saturating_sub(1)).into()),
+                t as isize - 1,
+            ),
+            -1,
+        ),
     ];
     (events, counts)
 }
@@ -46,9 +55,23 @@ fn read_back(brokers: &str, topic: &str) -> Vec<Row> {
         .map(|r| {
             let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
             let time = v["time"].as_u64().unwrap();
-            assert_eq!(r.headers.get("weft.time").map(|h| h.as_slice()), Some(time.to_string().as_bytes()));
-            assert_eq!(v["op"], if v["diff"].as_i64().unwrap() > 0 { "insert" } else { "delete" });
-            (time, v["op"].as_str().unwrap().to_string(), String::from_utf8(r.key.unwrap()).unwrap())
+            assert_eq!(
+                r.headers.get("weft.time").map(|h| h.as_slice()),
+                Some(time.to_string().as_bytes())
+            );
+            assert_eq!(
+                v["op"],
+                if v["diff"].as_i64().unwrap() > 0 {
+                    "insert"
+                } else {
+                    "delete"
+                }
+            );
+            (
+                time,
+                v["op"].as_str().unwrap().to_string(),
+                String::from_utf8(r.key.unwrap()).unwrap(),
+            )
         })
         .collect();
     out.sort();
@@ -82,9 +105,24 @@ fn each_time_is_committed_once_across_crashes() {
     let mut topics = kafka_support::Topics::new(&brokers);
     let ev_topic = topics.create("sink-events", 3);
     let ct_topic = topics.create("sink-counts", 2);
-    let ev_cfg = KafkaSinkConfig::new("events", &brokers, &ev_topic, kafka_support::unique("txn-events"));
-    let ct_cfg = KafkaSinkConfig::new("counts", &brokers, &ct_topic, kafka_support::unique("txn-counts"));
-    let open = || (KafkaSink::open(&ev_cfg).unwrap(), KafkaSink::open(&ct_cfg).unwrap());
+    let ev_cfg = KafkaSinkConfig::new(
+        "events",
+        &brokers,
+        &ev_topic,
+        kafka_support::unique("txn-events"),
+    );
+    let ct_cfg = KafkaSinkConfig::new(
+        "counts",
+        &brokers,
+        &ct_topic,
+        kafka_support::unique("txn-counts"),
+    );
+    let open = || {
+        (
+            KafkaSink::open(&ev_cfg).unwrap(),
+            KafkaSink::open(&ct_cfg).unwrap(),
+        )
+    };
 
     // Run 1: times 1..=4 committed, then a crash after the commit.
     let (mut e, mut c) = open();
@@ -142,11 +180,15 @@ fn each_time_is_committed_once_across_crashes() {
     drop(e);
     assert_eq!(read_back(&brokers, &ev_topic), ev_expected);
     // The progress topic holds one record per commit that carried data, plus the final ones.
-    let progress: Vec<serde_json::Value> = kafka_support::read_all(&brokers, &ev_cfg.progress_topic(), "read_committed")
-        .into_iter()
-        .map(|r| serde_json::from_slice(&r.value).unwrap())
-        .collect();
-    assert_eq!(progress.last().unwrap(), &serde_json::json!({"sink": "events", "frontier": []}));
+    let progress: Vec<serde_json::Value> =
+        kafka_support::read_all(&brokers, &ev_cfg.progress_topic(), "read_committed")
+            .into_iter()
+            .map(|r| serde_json::from_slice(&r.value).unwrap())
+            .collect();
+    assert_eq!(
+        progress.last().unwrap(),
+        &serde_json::json!({"sink": "events", "frontier": []})
+    );
 }
 
 #[test]
@@ -154,7 +196,12 @@ fn a_fenced_sink_cannot_commit() {
     let brokers = brokers_or_skip!();
     let mut topics = kafka_support::Topics::new(&brokers);
     let topic = topics.create("sink-fence", 1);
-    let cfg = KafkaSinkConfig::new("fence", &brokers, &topic, kafka_support::unique("txn-fence"));
+    let cfg = KafkaSinkConfig::new(
+        "fence",
+        &brokers,
+        &topic,
+        kafka_support::unique("txn-fence"),
+    );
     let mut zombie = KafkaSink::open(&cfg).unwrap();
     zombie.write(1, &[(ev(1), 1)]).unwrap();
     zombie.commit(&[2]).unwrap();
@@ -166,7 +213,10 @@ fn a_fenced_sink_cannot_commit() {
     assert!(err.contains("restart the job"), "{err}");
     live.write(2, &[(ev(3), 1)]).unwrap();
     live.commit(&[3]).unwrap();
-    let keys: Vec<String> = read_back(&brokers, &topic).into_iter().map(|(_, _, k)| k).collect();
+    let keys: Vec<String> = read_back(&brokers, &topic)
+        .into_iter()
+        .map(|(_, _, k)| k)
+        .collect();
     assert_eq!(keys, ["m1", "m3"]);
 }
 
@@ -187,7 +237,12 @@ fn dead_letters_keep_the_reason_and_the_original_bytes() {
     kafka_support::produce(&brokers, &input, &records);
     // Read them with the source, as a job would.
     let state = tempfile::tempdir().unwrap();
-    let mut cfg = KafkaSourceConfig::new("in", &brokers, vec![input.clone()], state.path().to_path_buf());
+    let mut cfg = KafkaSourceConfig::new(
+        "in",
+        &brokers,
+        vec![input.clone()],
+        state.path().to_path_buf(),
+    );
     cfg.bounded = true;
     let mut part = cfg.part(0, 1).unwrap();
     let mut errors: Vec<(ErrorRecord, u64)> = Vec::new();
@@ -207,7 +262,13 @@ fn dead_letters_keep_the_reason_and_the_original_bytes() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     assert_eq!((valid, errors.len()), (1, 4));
-    let mut sink = DeadLetterSink::open(&KafkaSinkConfig::new("dlq", &brokers, &dlq, kafka_support::unique("txn-dlq"))).unwrap();
+    let mut sink = DeadLetterSink::open(&KafkaSinkConfig::new(
+        "dlq",
+        &brokers,
+        &dlq,
+        kafka_support::unique("txn-dlq"),
+    ))
+    .unwrap();
     errors.sort_by_key(|(_, t)| *t);
     let mut by_time: BTreeMap<u64, Vec<(ErrorRecord, isize)>> = BTreeMap::new();
     for (r, t) in &errors {
@@ -229,15 +290,40 @@ fn dead_letters_keep_the_reason_and_the_original_bytes() {
                 String::from_utf8(r.key.clone().unwrap()).unwrap(),
                 format!("in:{}:{}", h("weft.partition"), h("weft.offset"))
             );
-            (r.value.clone(), h("weft.reason"), h("weft.partition"), h("weft.offset"))
+            (
+                r.value.clone(),
+                h("weft.reason"),
+                h("weft.partition"),
+                h("weft.offset"),
+            )
         })
         .collect();
     got.sort();
     let mut want = vec![
-        (bad[0].1.clone(), "malformed_json".to_string(), "0".to_string(), "0".to_string()),
-        (bad[1].1.clone(), "invalid_utf8".to_string(), "1".to_string(), "0".to_string()),
-        (bad[2].1.clone(), "missing_id".to_string(), "0".to_string(), "2".to_string()),
-        (bad[3].1.clone(), "not_an_object".to_string(), "1".to_string(), "1".to_string()),
+        (
+            bad[0].1.clone(),
+            "malformed_json".to_string(),
+            "0".to_string(),
+            "0".to_string(),
+        ),
+        (
+            bad[1].1.clone(),
+            "invalid_utf8".to_string(),
+            "1".to_string(),
+            "0".to_string(),
+        ),
+        (
+            bad[2].1.clone(),
+            "missing_id".to_string(),
+            "0".to_string(),
+            "2".to_string(),
+        ),
+        (
+            bad[3].1.clone(),
+            "not_an_object".to_string(),
+            "1".to_string(),
+            "1".to_string(),
+        ),
     ];
     want.sort();
     assert_eq!(got, want);
@@ -259,17 +345,34 @@ fn progress_is_found_behind_other_sinks_records() {
     drop(sink);
     // Another sink writing to the same topic commits 1,500 times after us:
     // our last progress record is far behind the end of the progress topic.
-    let other: Vec<(i32, Vec<u8>)> =
-        (0..1500).map(|i| (0, format!(r#"{{"sink":"other","frontier":[{i}]}}"#).into_bytes())).collect();
+    let other: Vec<(i32, Vec<u8>)> = (0..1500)
+        .map(|i| {
+            (
+                0,
+                format!(r#"{{"sink":"other","frontier":[{i}]}}"#).into_bytes(),
+            )
+        })
+        .collect();
     let p = kafka_support::producer(&brokers);
     for (_, v) in &other {
-        p.send(rdkafka::producer::BaseRecord::to(&cfg.progress_topic()).key("other").payload(&v[..])).unwrap();
+        p.send(
+            rdkafka::producer::BaseRecord::to(&cfg.progress_topic())
+                .key("other")
+                .payload(&v[..]),
+        )
+        .unwrap();
         p.poll(std::time::Duration::ZERO);
     }
     rdkafka::producer::Producer::flush(&p, std::time::Duration::from_secs(30)).unwrap();
     let sink = KafkaSink::open(&cfg).unwrap();
     assert_eq!(sink.committed_frontier(), vec![6]);
     // A sink that never committed starts from the beginning.
-    let fresh = KafkaSink::open(&KafkaSinkConfig::new("fresh", &brokers, &topic, kafka_support::unique("txn-fresh"))).unwrap();
+    let fresh = KafkaSink::open(&KafkaSinkConfig::new(
+        "fresh",
+        &brokers,
+        &topic,
+        kafka_support::unique("txn-fresh"),
+    ))
+    .unwrap();
     assert_eq!(fresh.committed_frontier(), vec![0]);
 }

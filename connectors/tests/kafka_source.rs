@@ -16,13 +16,23 @@ use weft_connectors::source::{Decoded, Poll, SourcePart};
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Got {
     Event(String),
-    Error { partition: u32, offset: u64, reason: String, raw: Vec<u8> },
+    Error {
+        partition: u32,
+        offset: u64,
+        reason: String,
+        raw: Vec<u8>,
+    },
 }
 
 fn got(d: &Decoded) -> Got {
     match d {
         Ok(e) => Got::Event(e.message_id().to_string()),
-        Err(r) => Got::Error { partition: r.partition, offset: r.offset, reason: r.reason.to_string(), raw: r.raw.to_vec() },
+        Err(r) => Got::Error {
+            partition: r.partition,
+            offset: r.offset,
+            reason: r.reason.to_string(),
+            raw: r.raw.to_vec(),
+        },
     }
 }
 
@@ -33,7 +43,10 @@ fn drain(part: &mut KafkaPart, budget: usize) -> Vec<(Got, u64)> {
     let mut lower = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        assert!(Instant::now() < deadline, "bounded part did not finish: {part:?}");
+        assert!(
+            Instant::now() < deadline,
+            "bounded part did not finish: {part:?}"
+        );
         let mut batch = Vec::new();
         let p = part.poll(&mut batch, budget);
         assert!(batch.len() <= budget);
@@ -55,7 +68,12 @@ fn drain(part: &mut KafkaPart, budget: usize) -> Vec<(Got, u64)> {
 }
 
 fn config(name: &str, brokers: &str, topics: &[&str], state: &Path) -> KafkaSourceConfig {
-    let mut cfg = KafkaSourceConfig::new(name, brokers, topics.iter().map(|t| t.to_string()).collect(), state.to_path_buf());
+    let mut cfg = KafkaSourceConfig::new(
+        name,
+        brokers,
+        topics.iter().map(|t| t.to_string()).collect(),
+        state.to_path_buf(),
+    );
     cfg.bounded = true;
     cfg.tick_ms = 10;
     cfg
@@ -72,13 +90,21 @@ fn produce_mixed(brokers: &str, topic: &str, partitions: i32, n: usize) -> Vec<G
         let offset = next_offset[p as usize];
         next_offset[p as usize] += 1;
         let (value, reason) = match i % 97 {
-            13 => (b"{\"type\":\"track\",broken".to_vec(), Some("malformed_json")),
+            13 => (
+                b"{\"type\":\"track\",broken".to_vec(),
+                Some("malformed_json"),
+            ),
             41 => (b"not json \xff".to_vec(), Some("invalid_utf8")),
             71 => (Vec::new(), Some("empty")),
             _ => (kafka_support::event(i), None),
         };
         expected.push(match reason {
-            Some(r) => Got::Error { partition: p as u32, offset, reason: r.to_string(), raw: value.clone() },
+            Some(r) => Got::Error {
+                partition: p as u32,
+                offset,
+                reason: r.to_string(),
+                raw: value.clone(),
+            },
             None => Got::Event(format!("m{i}")),
         });
         records.push((p, value));
@@ -94,7 +120,13 @@ fn every_record_once_for_one_and_three_workers() {
     let mut topics = kafka_support::Topics::new(&brokers);
     let a = topics.create("source-once", 4);
     let expected = produce_mixed(&brokers, &a, 4, 2000);
-    assert!(expected.iter().filter(|g| matches!(g, Got::Error { .. })).count() >= 60);
+    assert!(
+        expected
+            .iter()
+            .filter(|g| matches!(g, Got::Error { .. }))
+            .count()
+            >= 60
+    );
     for peers in [1, 3] {
         let state = tempfile::tempdir().unwrap();
         let cfg = config("events", &brokers, &[&a], state.path());
@@ -109,7 +141,11 @@ fn every_record_once_for_one_and_three_workers() {
             all.extend(drain(&mut part, 97).into_iter().map(|(g, _)| g));
         }
         assigned.sort();
-        assert_eq!(assigned, (0..4).map(|p| (a.clone(), p)).collect::<Vec<_>>(), "{peers} workers");
+        assert_eq!(
+            assigned,
+            (0..4).map(|p| (a.clone(), p)).collect::<Vec<_>>(),
+            "{peers} workers"
+        );
         all.sort();
         assert_eq!(all.len(), expected.len(), "{peers} workers");
         assert!(all == expected, "{peers} workers: records differ");
@@ -122,13 +158,29 @@ fn several_topics_in_one_source() {
     let mut topics = kafka_support::Topics::new(&brokers);
     let a = topics.create("source-multi-a", 2);
     let b = topics.create("source-multi-b", 3);
-    kafka_support::produce(&brokers, &a, &(0..100).map(|i| ((i % 2) as i32, kafka_support::event(i))).collect::<Vec<_>>());
-    kafka_support::produce(&brokers, &b, &(100..250).map(|i| ((i % 3) as i32, kafka_support::event(i))).collect::<Vec<_>>());
+    kafka_support::produce(
+        &brokers,
+        &a,
+        &(0..100)
+            .map(|i| ((i % 2) as i32, kafka_support::event(i)))
+            .collect::<Vec<_>>(),
+    );
+    kafka_support::produce(
+        &brokers,
+        &b,
+        &(100..250)
+            .map(|i| ((i % 3) as i32, kafka_support::event(i)))
+            .collect::<Vec<_>>(),
+    );
     let state = tempfile::tempdir().unwrap();
     let cfg = config("multi", &brokers, &[&a, &b], state.path());
     let mut ids = Vec::new();
     for w in 0..2 {
-        ids.extend(drain(&mut cfg.part(w, 2).unwrap(), 64).into_iter().map(|(g, _)| g));
+        ids.extend(
+            drain(&mut cfg.part(w, 2).unwrap(), 64)
+                .into_iter()
+                .map(|(g, _)| g),
+        );
     }
     ids.sort();
     let mut expected: Vec<Got> = (0..250).map(|i| Got::Event(format!("m{i}"))).collect();
@@ -141,7 +193,13 @@ fn empty_partitions_do_not_hold_back_the_frontier() {
     let brokers = brokers_or_skip!();
     let mut topics = kafka_support::Topics::new(&brokers);
     let t = topics.create("source-idle", 3);
-    kafka_support::produce(&brokers, &t, &(0..50).map(|i| (0, kafka_support::event(i))).collect::<Vec<_>>());
+    kafka_support::produce(
+        &brokers,
+        &t,
+        &(0..50)
+            .map(|i| (0, kafka_support::event(i)))
+            .collect::<Vec<_>>(),
+    );
     // Bounded: the empty partitions end at once.
     let state = tempfile::tempdir().unwrap();
     let cfg = config("idle", &brokers, &[&t], state.path());
@@ -157,7 +215,10 @@ fn empty_partitions_do_not_hold_back_the_frontier() {
     let mut records = [0usize; 3];
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(1500) || records.iter().sum::<usize>() < 50 {
-        assert!(started.elapsed() < Duration::from_secs(30), "only {records:?} of 50 records");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "only {records:?} of 50 records"
+        );
         for (w, part) in parts.iter_mut().enumerate() {
             let mut out = Vec::new();
             match part.poll(&mut out, 1000) {
@@ -176,7 +237,11 @@ fn empty_partitions_do_not_hold_back_the_frontier() {
     assert_eq!(records.iter().sum::<usize>(), 50);
     for w in 0..3 {
         let advanced = last[w] - first[w].unwrap();
-        assert!(advanced >= 1000, "worker {w} ({:?}) advanced only {advanced} ms", parts[w].assigned());
+        assert!(
+            advanced >= 1000,
+            "worker {w} ({:?}) advanced only {advanced} ms",
+            parts[w].assigned()
+        );
         assert_eq!(last[w] % 10, 0, "times are whole ticks");
     }
 }
@@ -191,5 +256,8 @@ fn owned_options_are_refused_with_a_clear_message() {
     assert!(err.contains("`enable.auto.commit`"), "{err}");
     cfg.options.clear();
     let err = cfg.part(0, 1).unwrap_err().to_string();
-    assert!(err.contains("does not exist") && err.contains("whatever"), "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("whatever"),
+        "{err}"
+    );
 }

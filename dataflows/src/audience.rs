@@ -38,7 +38,9 @@ use serde_json::Value as Json;
 use timely::dataflow::operators::vec::Map as _;
 
 use crate::event::{write_json_string, Event, Field};
-use crate::query::{AggFunc, Aggregate, CmpOp, Condition, EventPath, EventSelector, Filter, Literal, Test, ValueRef};
+use crate::query::{
+    AggFunc, Aggregate, CmpOp, Condition, EventPath, EventSelector, Filter, Literal, Test, ValueRef,
+};
 use crate::record::WriteJson;
 
 /// A value of an aggregate, a trait or a computed trait. Totally ordered so it
@@ -89,7 +91,12 @@ impl AggValue {
             AggValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
             AggValue::Num(n) => {
                 if n.is_finite() {
-                    out.extend_from_slice(serde_json::Number::from_f64(*n).map(|x| x.to_string()).unwrap_or_default().as_bytes())
+                    out.extend_from_slice(
+                        serde_json::Number::from_f64(*n)
+                            .map(|x| x.to_string())
+                            .unwrap_or_default()
+                            .as_bytes(),
+                    )
                 } else {
                     out.extend_from_slice(b"null")
                 }
@@ -161,10 +168,14 @@ pub fn apply_test(value: &AggValue, test: &Test) -> bool {
         Test::Exists => !matches!(value, AggValue::Null),
         Test::Contains(s) => match value {
             AggValue::Str(v) => v.contains(s.as_str()),
-            AggValue::List(items) => items.iter().any(|i| matches!(i, AggValue::Str(v) if v == s)),
+            AggValue::List(items) => items
+                .iter()
+                .any(|i| matches!(i, AggValue::Str(v) if v == s)),
             _ => false,
         },
-        Test::In(items) => items.iter().any(|l| apply_test(value, &Test::Cmp(CmpOp::Eq, l.clone()))),
+        Test::In(items) => items
+            .iter()
+            .any(|l| apply_test(value, &Test::Cmp(CmpOp::Eq, l.clone()))),
         Test::Cmp(op, lit) => {
             let lit = literal_value(lit);
             if matches!(value, AggValue::Null) {
@@ -200,13 +211,23 @@ fn lookup<'a>(mut v: &'a Json, path: &[String]) -> Option<&'a Json> {
 /// Reads an event path.
 pub fn event_value(e: &Event, path: &EventPath) -> AggValue {
     let (field, sub) = match path {
-        EventPath::Event => return e.get(Field::Event).map_or(AggValue::Null, |s| AggValue::Str(s.into())),
-        EventPath::Name => return e.get(Field::Name).map_or(AggValue::Null, |s| AggValue::Str(s.into())),
+        EventPath::Event => {
+            return e
+                .get(Field::Event)
+                .map_or(AggValue::Null, |s| AggValue::Str(s.into()))
+        }
+        EventPath::Name => {
+            return e
+                .get(Field::Name)
+                .map_or(AggValue::Null, |s| AggValue::Str(s.into()))
+        }
         EventPath::Properties(p) => (Field::Properties, p),
         EventPath::Context(p) => (Field::Context, p),
         EventPath::Traits(p) => (Field::Traits, p),
     };
-    let Some(raw) = e.get(field) else { return AggValue::Null };
+    let Some(raw) = e.get(field) else {
+        return AggValue::Null;
+    };
     match serde_json::from_str::<Json>(raw) {
         Ok(v) => lookup(&v, sub).map_or(AggValue::Null, AggValue::from_json),
         Err(_) => AggValue::Null,
@@ -262,18 +283,46 @@ pub fn contribution(agg: &Aggregate, e: &Event) -> Option<Contribution> {
 
 /// The aggregate of a profile's contributions (with multiplicities).
 pub fn aggregate(func: AggFunc, items: &[(&Contribution, isize)]) -> AggValue {
-    let nums = || items.iter().filter_map(|(c, n)| if let AggValue::Num(x) = c.2 { Some((x, *n)) } else { None });
+    let nums = || {
+        items.iter().filter_map(|(c, n)| {
+            if let AggValue::Num(x) = c.2 {
+                Some((x, *n))
+            } else {
+                None
+            }
+        })
+    };
     match func {
         AggFunc::Count => AggValue::Num(items.iter().map(|(_, n)| *n as f64).sum()),
         AggFunc::Sum => AggValue::Num(nums().map(|(x, n)| x * n as f64).sum()),
         AggFunc::Avg => {
-            let (s, c) = nums().fold((0.0, 0.0), |(s, c), (x, n)| (s + x * n as f64, c + n as f64));
-            if c > 0.0 { AggValue::Num(s / c) } else { AggValue::Null }
+            let (s, c) = nums().fold((0.0, 0.0), |(s, c), (x, n)| {
+                (s + x * n as f64, c + n as f64)
+            });
+            if c > 0.0 {
+                AggValue::Num(s / c)
+            } else {
+                AggValue::Null
+            }
         }
-        AggFunc::Min => nums().map(|(x, _)| x).min_by(f64::total_cmp).map_or(AggValue::Null, AggValue::Num),
-        AggFunc::Max => nums().map(|(x, _)| x).max_by(f64::total_cmp).map_or(AggValue::Null, AggValue::Num),
-        AggFunc::First => items.iter().map(|(c, _)| *c).min_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1))).map_or(AggValue::Null, |c| c.2.clone()),
-        AggFunc::Last => items.iter().map(|(c, _)| *c).max_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1))).map_or(AggValue::Null, |c| c.2.clone()),
+        AggFunc::Min => nums()
+            .map(|(x, _)| x)
+            .min_by(f64::total_cmp)
+            .map_or(AggValue::Null, AggValue::Num),
+        AggFunc::Max => nums()
+            .map(|(x, _)| x)
+            .max_by(f64::total_cmp)
+            .map_or(AggValue::Null, AggValue::Num),
+        AggFunc::First => items
+            .iter()
+            .map(|(c, _)| *c)
+            .min_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
+            .map_or(AggValue::Null, |c| c.2.clone()),
+        AggFunc::Last => items
+            .iter()
+            .map(|(c, _)| *c)
+            .max_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
+            .map_or(AggValue::Null, |c| c.2.clone()),
         AggFunc::MostFrequent => {
             let mut freq: BTreeMap<&AggValue, isize> = BTreeMap::new();
             for (c, n) in items {
@@ -288,8 +337,21 @@ pub fn aggregate(func: AggFunc, items: &[(&Contribution, isize)]) -> AggValue {
             }
             best.map_or(AggValue::Null, |(v, _)| v.clone())
         }
-        AggFunc::Unique => AggValue::List(items.iter().map(|(c, _)| c.2.clone()).collect::<BTreeSet<_>>().into_iter().collect()),
-        AggFunc::UniqueCount => AggValue::Num(items.iter().map(|(c, _)| &c.2).collect::<BTreeSet<_>>().len() as f64),
+        AggFunc::Unique => AggValue::List(
+            items
+                .iter()
+                .map(|(c, _)| c.2.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        ),
+        AggFunc::UniqueCount => AggValue::Num(
+            items
+                .iter()
+                .map(|(c, _)| &c.2)
+                .collect::<BTreeSet<_>>()
+                .len() as f64,
+        ),
     }
 }
 
@@ -317,8 +379,14 @@ fn leaves(c: &Condition, out: &mut Vec<Leaf>) {
 /// Evaluates a condition given each leaf's truth (in `leaves` order).
 fn evaluate(c: &Condition, truths: &[bool], next: &mut usize) -> bool {
     match c {
-        Condition::And(v) => v.iter().map(|c| evaluate(c, truths, next)).fold(true, |a, b| a & b),
-        Condition::Or(v) => v.iter().map(|c| evaluate(c, truths, next)).fold(false, |a, b| a | b),
+        Condition::And(v) => v
+            .iter()
+            .map(|c| evaluate(c, truths, next))
+            .fold(true, |a, b| a & b),
+        Condition::Or(v) => v
+            .iter()
+            .map(|c| evaluate(c, truths, next))
+            .fold(false, |a, b| a | b),
         Condition::Not(c) => !evaluate(c, truths, next),
         Condition::Test(..) | Condition::Audience(_) => {
             let t = truths[*next];
@@ -365,7 +433,11 @@ where
             let e = event_time(&d).max(0) as u64;
             let start = t.max(e);
             let end = e.saturating_add(window_ms);
-            let pair = if end > start { vec![(d.clone(), start, r), (d, end, -r)] } else { Vec::new() };
+            let pair = if end > start {
+                vec![(d.clone(), start, r), (d, end, -r)]
+            } else {
+                Vec::new()
+            };
             pair.into_iter()
         })
         .as_collection()
@@ -387,12 +459,18 @@ pub type TraitValues<'s, P> = VecCollection<'s, u64, (P, AggValue), isize>;
 pub type Members<'s, P> = VecCollection<'s, u64, P, isize>;
 
 /// Builds the aggregate's per-profile values (profiles with matching events only).
-pub fn compile_aggregate<'s, P>(inputs: &ProfileInputs<'s, P>, agg: &Aggregate) -> TraitValues<'s, P>
+pub fn compile_aggregate<'s, P>(
+    inputs: &ProfileInputs<'s, P>,
+    agg: &Aggregate,
+) -> TraitValues<'s, P>
 where
     P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
 {
     let a = agg.clone();
-    let contributions = inputs.events.clone().flat_map(move |(p, e)| contribution(&a, &e).map(|c| (p, c)));
+    let contributions = inputs
+        .events
+        .clone()
+        .flat_map(move |(p, e)| contribution(&a, &e).map(|c| (p, c)));
     let windowed = match agg.events.window {
         Some(w) => temporal_window(contributions, w.0, |(_, c)| c.0),
         None => contributions,
@@ -423,7 +501,9 @@ where
     let mut slots: Vec<VecCollection<'s, u64, (P, (usize, AggValue)), isize>> = Vec::new();
     for (i, leaf) in ls.iter().enumerate() {
         let coll = match leaf {
-            Leaf::Value(ValueRef::Agg(a), _) => compile_aggregate(inputs, a).map(move |(p, v)| (p, (i, v))),
+            Leaf::Value(ValueRef::Agg(a), _) => {
+                compile_aggregate(inputs, a).map(move |(p, v)| (p, (i, v)))
+            }
             Leaf::Value(ValueRef::Trait(path), _) => {
                 let path = path.clone();
                 inputs.traits.clone().flat_map(move |(p, (k, json))| {
@@ -441,15 +521,21 @@ where
                 .map(move |(p, v)| (p, (i, v))),
             Leaf::Audience(name) => audiences
                 .get(name)
-                .ok_or_else(|| format!("audience {name:?} is not defined (or is defined after this one)"))?
+                .ok_or_else(|| {
+                    format!("audience {name:?} is not defined (or is defined after this one)")
+                })?
                 .clone()
                 .map(move |p| (p, (i, AggValue::Bool(true)))),
         };
         slots.push(coll);
     }
     // STEP 2. Every profile gets evaluated, with defaults for missing slots.
-    let universe = inputs.profiles.clone().map(|p| (p, (usize::MAX, AggValue::Null)));
-    let all = differential_dataflow::collection::concatenate(inputs.profiles.scope(), slots).concat(universe);
+    let universe = inputs
+        .profiles
+        .clone()
+        .map(|p| (p, (usize::MAX, AggValue::Null)));
+    let all = differential_dataflow::collection::concatenate(inputs.profiles.scope(), slots)
+        .concat(universe);
     let cond = condition.clone();
     let n = ls.len();
     let members = all
@@ -527,44 +613,113 @@ mod tests {
     fn tests_follow_the_documented_rules() {
         let n = AggValue::Num(3.0);
         assert!(apply_test(&n, &Test::Cmp(CmpOp::Ge, Literal::Num(3.0))));
-        assert!(!apply_test(&n, &Test::Cmp(CmpOp::Eq, Literal::Str("3".into()))));
-        assert!(apply_test(&n, &Test::Cmp(CmpOp::Ne, Literal::Str("3".into()))));
-        assert!(!apply_test(&AggValue::Null, &Test::Cmp(CmpOp::Lt, Literal::Num(1.0))));
-        assert!(apply_test(&AggValue::Null, &Test::Cmp(CmpOp::Ne, Literal::Num(1.0))));
-        assert!(apply_test(&AggValue::Null, &Test::Cmp(CmpOp::Eq, Literal::Null)));
-        assert!(apply_test(&AggValue::Str("2026-01-02".into()), &Test::Cmp(CmpOp::Gt, Literal::Str("2026-01-01".into()))));
-        assert!(apply_test(&AggValue::Str("running shoes".into()), &Test::Contains("shoes".into())));
-        assert!(apply_test(&AggValue::List(vec![AggValue::Str("a".into())]), &Test::Contains("a".into())));
-        assert!(apply_test(&AggValue::Str("b".into()), &Test::In(vec![Literal::Str("a".into()), Literal::Str("b".into())])));
+        assert!(!apply_test(
+            &n,
+            &Test::Cmp(CmpOp::Eq, Literal::Str("3".into()))
+        ));
+        assert!(apply_test(
+            &n,
+            &Test::Cmp(CmpOp::Ne, Literal::Str("3".into()))
+        ));
+        assert!(!apply_test(
+            &AggValue::Null,
+            &Test::Cmp(CmpOp::Lt, Literal::Num(1.0))
+        ));
+        assert!(apply_test(
+            &AggValue::Null,
+            &Test::Cmp(CmpOp::Ne, Literal::Num(1.0))
+        ));
+        assert!(apply_test(
+            &AggValue::Null,
+            &Test::Cmp(CmpOp::Eq, Literal::Null)
+        ));
+        assert!(apply_test(
+            &AggValue::Str("2026-01-02".into()),
+            &Test::Cmp(CmpOp::Gt, Literal::Str("2026-01-01".into()))
+        ));
+        assert!(apply_test(
+            &AggValue::Str("running shoes".into()),
+            &Test::Contains("shoes".into())
+        ));
+        assert!(apply_test(
+            &AggValue::List(vec![AggValue::Str("a".into())]),
+            &Test::Contains("a".into())
+        ));
+        assert!(apply_test(
+            &AggValue::Str("b".into()),
+            &Test::In(vec![Literal::Str("a".into()), Literal::Str("b".into())])
+        ));
         assert!(!apply_test(&AggValue::Null, &Test::Exists));
     }
 
     #[test]
     fn aggregates() {
-        let e1 = ev(r#"{"type":"track","event":"Order Completed","userId":"u","messageId":"1","timestamp":"2026-01-01T00:00:00Z","properties":{"revenue":10,"cat":"b"}}"#);
-        let e2 = ev(r#"{"type":"track","event":"Order Completed","userId":"u","messageId":"2","timestamp":"2026-01-02T00:00:00Z","properties":{"revenue":30,"cat":"a"}}"#);
-        let e3 = ev(r#"{"type":"track","event":"Order Completed","userId":"u","messageId":"3","timestamp":"2026-01-03T00:00:00Z","properties":{"cat":"b"}}"#);
+        let e1 = ev(
+            r#"{"type":"track","event":"Order Completed","userId":"u","messageId":"1","timestamp":"2026-01-01T00:00:00Z","properties":{"revenue":10,"cat":"b"}}"#,
+        );
+        let e2 = ev(
+            r#"{"type":"track","event":"Order Completed","userId":"u","messageId":"2","timestamp":"2026-01-02T00:00:00Z","properties":{"revenue":30,"cat":"a"}}"#,
+        );
+        let e3 = ev(
+            r#"{"type":"track","event":"Order Completed","userId":"u","messageId":"3","timestamp":"2026-01-03T00:00:00Z","properties":{"cat":"b"}}"#,
+        );
         let get = |q: &str| {
             let a = parse_computed_trait(q).unwrap();
-            let cs: Vec<Contribution> = [&e1, &e2, &e3].iter().filter_map(|e| contribution(&a, e)).collect();
+            let cs: Vec<Contribution> = [&e1, &e2, &e3]
+                .iter()
+                .filter_map(|e| contribution(&a, e))
+                .collect();
             let items: Vec<(&Contribution, isize)> = cs.iter().map(|c| (c, 1)).collect();
             aggregate(a.func, &items)
         };
         assert_eq!(get(r#"count(track "Order Completed")"#), AggValue::Num(3.0));
-        assert_eq!(get(r#"sum(properties.revenue from track)"#), AggValue::Num(40.0));
-        assert_eq!(get(r#"avg(properties.revenue from track)"#), AggValue::Num(20.0));
-        assert_eq!(get(r#"min(properties.revenue from track)"#), AggValue::Num(10.0));
-        assert_eq!(get(r#"max(properties.revenue from track)"#), AggValue::Num(30.0));
-        assert_eq!(get(r#"first(properties.cat from track)"#), AggValue::Str("b".into()));
-        assert_eq!(get(r#"last(properties.revenue from track)"#), AggValue::Num(30.0));
-        assert_eq!(get(r#"most_frequent(properties.cat from track)"#), AggValue::Str("b".into()));
-        assert_eq!(get(r#"unique(properties.cat from track)"#), AggValue::List(vec![AggValue::Str("a".into()), AggValue::Str("b".into())]));
-        assert_eq!(get(r#"unique_count(properties.cat from track)"#), AggValue::Num(2.0));
+        assert_eq!(
+            get(r#"sum(properties.revenue from track)"#),
+            AggValue::Num(40.0)
+        );
+        assert_eq!(
+            get(r#"avg(properties.revenue from track)"#),
+            AggValue::Num(20.0)
+        );
+        assert_eq!(
+            get(r#"min(properties.revenue from track)"#),
+            AggValue::Num(10.0)
+        );
+        assert_eq!(
+            get(r#"max(properties.revenue from track)"#),
+            AggValue::Num(30.0)
+        );
+        assert_eq!(
+            get(r#"first(properties.cat from track)"#),
+            AggValue::Str("b".into())
+        );
+        assert_eq!(
+            get(r#"last(properties.revenue from track)"#),
+            AggValue::Num(30.0)
+        );
+        assert_eq!(
+            get(r#"most_frequent(properties.cat from track)"#),
+            AggValue::Str("b".into())
+        );
+        assert_eq!(
+            get(r#"unique(properties.cat from track)"#),
+            AggValue::List(vec![AggValue::Str("a".into()), AggValue::Str("b".into())])
+        );
+        assert_eq!(
+            get(r#"unique_count(properties.cat from track)"#),
+            AggValue::Num(2.0)
+        );
         assert_eq!(get(r#"count(page)"#), AggValue::Num(0.0));
         assert_eq!(get(r#"avg(properties.revenue from page)"#), AggValue::Null);
         // Ties in most_frequent: the smallest value.
-        let a = parse_computed_trait(r#"most_frequent(properties.cat from track where properties.revenue exists)"#).unwrap();
-        let cs: Vec<Contribution> = [&e1, &e2].iter().filter_map(|e| contribution(&a, e)).collect();
+        let a = parse_computed_trait(
+            r#"most_frequent(properties.cat from track where properties.revenue exists)"#,
+        )
+        .unwrap();
+        let cs: Vec<Contribution> = [&e1, &e2]
+            .iter()
+            .filter_map(|e| contribution(&a, e))
+            .collect();
         let items: Vec<(&Contribution, isize)> = cs.iter().map(|c| (c, 1)).collect();
         assert_eq!(aggregate(a.func, &items), AggValue::Str("a".into()));
     }
@@ -574,6 +729,9 @@ mod tests {
         let c = parse_audience(r#"count(track "X") < 1 and not trait.plan = "pro""#).unwrap();
         assert!(evaluate_condition(&c, &[None, None]));
         assert!(!evaluate_condition(&c, &[Some(AggValue::Num(2.0)), None]));
-        assert!(!evaluate_condition(&c, &[None, Some(AggValue::Str("pro".into()))]));
+        assert!(!evaluate_condition(
+            &c,
+            &[None, Some(AggValue::Str("pro".into()))]
+        ));
     }
 }

@@ -159,7 +159,10 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(reason: RejectReason, message: impl Into<String>) -> Self {
-        Rejection { reason, message: message.into() }
+        Rejection {
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -213,7 +216,11 @@ pub const MAX_NESTING: usize = 64;
 fn exceeds_depth(bytes: &[u8], max: usize) -> Option<usize> {
     // Fast path: with at most `max` opening brackets in total, nesting cannot
     // exceed `max`. This count is SIMD (memchr); the exact scan below does not.
-    if memchr::memchr2_iter(b'{', b'[', bytes).take(max + 1).count() <= max {
+    if memchr::memchr2_iter(b'{', b'[', bytes)
+        .take(max + 1)
+        .count()
+        <= max
+    {
         return None;
     }
     let mut depth = 0usize;
@@ -318,7 +325,10 @@ impl Event {
     /// `context.externalIds` as `(type, id)` pairs.
     pub fn external_ids(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.external_ids.iter().map(move |s| {
-            (&self.text[s[0] as usize..s[1] as usize], &self.text[s[2] as usize..s[3] as usize])
+            (
+                &self.text[s[0] as usize..s[1] as usize],
+                &self.text[s[2] as usize..s[3] as usize],
+            )
         })
     }
 
@@ -543,8 +553,12 @@ fn classify_json_error(e: &serde_json::Error) -> Rejection {
     use serde_json::error::Category;
     match e.classify() {
         Category::Data => Rejection::new(RejectReason::WrongType, e.to_string()),
-        Category::Eof => Rejection::new(RejectReason::MalformedJson, format!("truncated JSON: {e}")),
-        Category::Syntax | Category::Io => Rejection::new(RejectReason::MalformedJson, e.to_string()),
+        Category::Eof => {
+            Rejection::new(RejectReason::MalformedJson, format!("truncated JSON: {e}"))
+        }
+        Category::Syntax | Category::Io => {
+            Rejection::new(RejectReason::MalformedJson, e.to_string())
+        }
     }
 }
 
@@ -568,7 +582,9 @@ pub fn parse_iso8601_ms(s: &str) -> Option<i64> {
         }
     }
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return d.and_hms_opt(0, 0, 0).map(|dt| dt.and_utc().timestamp_millis());
+        return d
+            .and_hms_opt(0, 0, 0)
+            .map(|dt| dt.and_utc().timestamp_millis());
     }
     None
 }
@@ -587,7 +603,10 @@ fn parse_time(field: &str, v: &Option<Str<'_>>) -> Result<Option<i64>, Rejection
         Some(s) => parse_iso8601_ms(&s.0).map(Some).ok_or_else(|| {
             Rejection::new(
                 RejectReason::InvalidTimestamp,
-                format!("`{field}` is not an ISO-8601 timestamp: {:?}", truncate(&s.0, 64)),
+                format!(
+                    "`{field}` is not an ISO-8601 timestamp: {:?}",
+                    truncate(&s.0, 64)
+                ),
             )
         }),
     }
@@ -619,7 +638,11 @@ struct TextBuilder {
 
 impl TextBuilder {
     fn with_capacity(n: usize) -> Self {
-        TextBuilder { text: String::with_capacity(n), starts: [ABSENT; FIELD_COUNT], ends: [0; FIELD_COUNT] }
+        TextBuilder {
+            text: String::with_capacity(n),
+            starts: [ABSENT; FIELD_COUNT],
+            ends: [0; FIELD_COUNT],
+        }
     }
     fn push_str(&mut self, s: &str) -> [u32; 2] {
         let start = self.text.len() as u32;
@@ -646,11 +669,18 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
     if line.len() > MAX_EVENT_BYTES {
         return Err(Rejection::new(
             RejectReason::Oversize,
-            format!("event is {} bytes; the limit is {} bytes", line.len(), MAX_EVENT_BYTES),
+            format!(
+                "event is {} bytes; the limit is {} bytes",
+                line.len(),
+                MAX_EVENT_BYTES
+            ),
         ));
     }
     let text = std::str::from_utf8(line).map_err(|e| {
-        Rejection::new(RejectReason::InvalidUtf8, format!("invalid UTF-8 at byte {}", e.valid_up_to()))
+        Rejection::new(
+            RejectReason::InvalidUtf8,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        )
     })?;
     let first = text.trim_start().as_bytes().first().copied();
     if first != Some(b'{') {
@@ -673,7 +703,12 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
 
     // STEP 3. Semantic validation.
     let kind = match &wire.kind {
-        None => return Err(Rejection::new(RejectReason::UnknownType, "`type` is missing")),
+        None => {
+            return Err(Rejection::new(
+                RejectReason::UnknownType,
+                "`type` is missing",
+            ))
+        }
         Some(t) => EventType::from_wire(&t.0).ok_or_else(|| {
             Rejection::new(
                 RejectReason::UnknownType,
@@ -690,17 +725,29 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
     let group_id = nonempty(&wire.group_id);
     if kind == EventType::Alias {
         if previous_id.is_none() || user_id.is_none() {
-            return Err(Rejection::new(RejectReason::MissingId, "alias needs both `previousId` and `userId`"));
+            return Err(Rejection::new(
+                RejectReason::MissingId,
+                "alias needs both `previousId` and `userId`",
+            ));
         }
     } else if user_id.is_none() && anonymous_id.is_none() {
-        return Err(Rejection::new(RejectReason::MissingId, "either `userId` or `anonymousId` is required"));
+        return Err(Rejection::new(
+            RejectReason::MissingId,
+            "either `userId` or `anonymousId` is required",
+        ));
     }
     let event_name = wire.event.as_ref().map(|s| s.0.as_ref());
     if kind == EventType::Track && event_name.is_none_or(str::is_empty) {
-        return Err(Rejection::new(RejectReason::MissingField, "track needs a non-empty `event`"));
+        return Err(Rejection::new(
+            RejectReason::MissingField,
+            "track needs a non-empty `event`",
+        ));
     }
     if kind == EventType::Group && group_id.is_none() {
-        return Err(Rejection::new(RejectReason::MissingField, "group needs a `groupId`"));
+        return Err(Rejection::new(
+            RejectReason::MissingField,
+            "group needs a `groupId`",
+        ));
     }
     let context = non_null(wire.context);
     let integrations = non_null(wire.integrations);
@@ -731,12 +778,21 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
     };
 
     let synthetic;
-    let message_id = match wire.message_id.as_ref().map(|s| s.0.as_ref()).filter(|s| !s.is_empty()) {
+    let message_id = match wire
+        .message_id
+        .as_ref()
+        .map(|s| s.0.as_ref())
+        .filter(|s| !s.is_empty())
+    {
         Some(m) => {
             if m.chars().count() > MAX_MESSAGE_ID_CHARS {
                 return Err(Rejection::new(
                     RejectReason::MessageIdTooLong,
-                    format!("`messageId` has {} characters; the limit is {}", m.chars().count(), MAX_MESSAGE_ID_CHARS),
+                    format!(
+                        "`messageId` has {} characters; the limit is {}",
+                        m.chars().count(),
+                        MAX_MESSAGE_ID_CHARS
+                    ),
                 ));
             }
             m
@@ -749,9 +805,8 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
 
     // STEP 4. Identifiers nested in context (and traits.email).
     let wire_cx: WireContext<'_> = match context {
-        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| {
-            Rejection::new(RejectReason::WrongType, format!("in `context`: {e}"))
-        })?,
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|e| Rejection::new(RejectReason::WrongType, format!("in `context`: {e}")))?,
         None => WireContext::default(),
     };
     let context_email = wire_cx.traits.as_ref().and_then(|t| t.email.as_ref());
@@ -767,7 +822,11 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
         .or_else(|| traits_email.as_ref().and_then(|t| t.email.as_ref()))
         .map(|s| s.0.as_ref())
         .filter(|s| !s.is_empty());
-    let device_id = wire_cx.device.as_ref().and_then(|d| d.id.as_ref()).map(|s| s.0.as_ref());
+    let device_id = wire_cx
+        .device
+        .as_ref()
+        .and_then(|d| d.id.as_ref())
+        .map(|s| s.0.as_ref());
 
     // STEP 5. Copy into one buffer.
     let raw_len = context.map_or(0, |r| r.get().len())
@@ -780,7 +839,10 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
     b.set(Field::UserId, user_id);
     b.set(Field::Event, event_name);
     b.set(Field::Name, wire.name.as_ref().map(|s| s.0.as_ref()));
-    b.set(Field::Category, wire.category.as_ref().map(|s| s.0.as_ref()));
+    b.set(
+        Field::Category,
+        wire.category.as_ref().map(|s| s.0.as_ref()),
+    );
     b.set(Field::GroupId, group_id);
     b.set(Field::PreviousId, previous_id);
     b.set(Field::Email, email);
@@ -821,28 +883,42 @@ mod tests {
         parse_event(s.as_bytes(), &ParseContext::default()).unwrap_or_else(|e| panic!("{s}: {e}"))
     }
     fn err(s: &[u8]) -> RejectReason {
-        parse_event(s, &ParseContext::default()).expect_err("should be rejected").reason
+        parse_event(s, &ParseContext::default())
+            .expect_err("should be rejected")
+            .reason
     }
 
     #[test]
     fn parses_every_call_type() {
-        let e = ok(r#"{"type":"track","event":"Order Completed","userId":"u1","messageId":"m1","timestamp":"2026-01-02T03:04:05.678Z","properties":{"revenue":12.5}}"#);
+        let e = ok(
+            r#"{"type":"track","event":"Order Completed","userId":"u1","messageId":"m1","timestamp":"2026-01-02T03:04:05.678Z","properties":{"revenue":12.5}}"#,
+        );
         assert_eq!(e.kind, EventType::Track);
         assert_eq!(e.get(Field::Event), Some("Order Completed"));
         assert_eq!(e.get(Field::Properties), Some(r#"{"revenue":12.5}"#));
         assert_eq!(e.time_ms, 1_767_323_045_678);
-        let e = ok(r#"{"type":"identify","anonymousId":"a1","traits":{"email":"x@y.z","plan":"pro"},"timestamp":"2026-01-02T03:04:05Z"}"#);
+        let e = ok(
+            r#"{"type":"identify","anonymousId":"a1","traits":{"email":"x@y.z","plan":"pro"},"timestamp":"2026-01-02T03:04:05Z"}"#,
+        );
         assert_eq!(e.get(Field::Email), Some("x@y.z"));
         assert!(e.message_id().starts_with("weft-"));
-        let e = ok(r#"{"type":"page","name":"Home","category":"Docs","anonymousId":"a1","timestamp":"2026-01-02"}"#);
+        let e = ok(
+            r#"{"type":"page","name":"Home","category":"Docs","anonymousId":"a1","timestamp":"2026-01-02"}"#,
+        );
         assert_eq!(e.get(Field::Name), Some("Home"));
-        let e = ok(r#"{"type":"screen","name":"Cart","userId":"42","context":{"device":{"id":"d-1"},"externalIds":[{"id":"c9","type":"crm_id","collection":"users","encoding":"none"}]},"timestamp":"2026-01-02T03:04:05+02:00"}"#);
+        let e = ok(
+            r#"{"type":"screen","name":"Cart","userId":"42","context":{"device":{"id":"d-1"},"externalIds":[{"id":"c9","type":"crm_id","collection":"users","encoding":"none"}]},"timestamp":"2026-01-02T03:04:05+02:00"}"#,
+        );
         assert_eq!(e.user_id(), Some("42"));
         assert_eq!(e.get(Field::DeviceId), Some("d-1"));
         assert_eq!(e.external_ids().collect::<Vec<_>>(), vec![("crm_id", "c9")]);
-        let e = ok(r#"{"type":"group","groupId":"acme","userId":"u1","traits":{"name":"Acme"},"timestamp":"2026-01-02T03:04:05Z"}"#);
+        let e = ok(
+            r#"{"type":"group","groupId":"acme","userId":"u1","traits":{"name":"Acme"},"timestamp":"2026-01-02T03:04:05Z"}"#,
+        );
         assert_eq!(e.get(Field::GroupId), Some("acme"));
-        let e = ok(r#"{"type":"alias","previousId":"a1","userId":"u1","timestamp":"2026-01-02T03:04:05Z"}"#);
+        let e = ok(
+            r#"{"type":"alias","previousId":"a1","userId":"u1","timestamp":"2026-01-02T03:04:05Z"}"#,
+        );
         assert_eq!(e.get(Field::PreviousId), Some("a1"));
     }
 
@@ -864,9 +940,17 @@ mod tests {
 
     #[test]
     fn timestamp_resolution_corrects_client_skew() {
-        let e = ok(r#"{"type":"page","anonymousId":"a","originalTimestamp":"2026-01-01T00:00:00Z","sentAt":"2026-01-01T00:00:10Z","receivedAt":"2026-01-01T00:00:05Z"}"#);
+        let e = ok(
+            r#"{"type":"page","anonymousId":"a","originalTimestamp":"2026-01-01T00:00:00Z","sentAt":"2026-01-01T00:00:10Z","receivedAt":"2026-01-01T00:00:05Z"}"#,
+        );
         assert_eq!(e.time_ms, parse_iso8601_ms("2025-12-31T23:59:55Z").unwrap());
-        let e = parse_event(br#"{"type":"page","anonymousId":"a"}"#, &ParseContext { default_received_at_ms: Some(7) }).unwrap();
+        let e = parse_event(
+            br#"{"type":"page","anonymousId":"a"}"#,
+            &ParseContext {
+                default_received_at_ms: Some(7),
+            },
+        )
+        .unwrap();
         assert_eq!(e.time_ms, 7);
     }
 
@@ -874,36 +958,90 @@ mod tests {
     fn rejections_carry_reasons() {
         assert_eq!(err(b""), RejectReason::Empty);
         assert_eq!(err(b"   "), RejectReason::Empty);
-        assert_eq!(err(b"{\"type\":\"track\",\"us"), RejectReason::MalformedJson);
+        assert_eq!(
+            err(b"{\"type\":\"track\",\"us"),
+            RejectReason::MalformedJson
+        );
         assert_eq!(err(b"[1,2]"), RejectReason::NotAnObject);
         assert_eq!(err(b"nonsense"), RejectReason::MalformedJson);
-        assert_eq!(err(b"{\"type\":\"page\",\"userId\":\"u\xff\"}"), RejectReason::InvalidUtf8);
-        assert_eq!(err(br#"{"type":"page","userId":{"a":1},"timestamp":"2026-01-01"}"#), RejectReason::WrongType);
-        assert_eq!(err(br#"{"type":"page","userId":"u","properties":5,"timestamp":"2026-01-01"}"#), RejectReason::WrongType);
-        assert_eq!(err(br#"{"type":"page","userId":42,"timestamp":"2026-01-01"}"#), RejectReason::WrongType);
-        assert_eq!(err(br#"{"type":"track","event":7,"userId":"u","timestamp":"2026-01-01"}"#), RejectReason::WrongType);
-        assert_eq!(err(br#"{"type":"page","timestamp":"2026-01-01"}"#), RejectReason::MissingId);
-        assert_eq!(err(br#"{"type":"alias","userId":"u","timestamp":"2026-01-01"}"#), RejectReason::MissingId);
-        assert_eq!(err(br#"{"type":"track","userId":"u","timestamp":"2026-01-01"}"#), RejectReason::MissingField);
-        assert_eq!(err(br#"{"type":"group","userId":"u","timestamp":"2026-01-01"}"#), RejectReason::MissingField);
-        assert_eq!(err(br#"{"type":"bogus","userId":"u","timestamp":"2026-01-01"}"#), RejectReason::UnknownType);
-        assert_eq!(err(br#"{"userId":"u","timestamp":"2026-01-01"}"#), RejectReason::UnknownType);
-        assert_eq!(err(br#"{"type":"page","userId":"u","timestamp":"yesterday"}"#), RejectReason::InvalidTimestamp);
-        assert_eq!(err(br#"{"type":"page","userId":"u"}"#), RejectReason::MissingTimestamp);
-        let long = format!(r#"{{"type":"page","userId":"u","messageId":"{}","timestamp":"2026-01-01"}}"#, "m".repeat(101));
+        assert_eq!(
+            err(b"{\"type\":\"page\",\"userId\":\"u\xff\"}"),
+            RejectReason::InvalidUtf8
+        );
+        assert_eq!(
+            err(br#"{"type":"page","userId":{"a":1},"timestamp":"2026-01-01"}"#),
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            err(br#"{"type":"page","userId":"u","properties":5,"timestamp":"2026-01-01"}"#),
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            err(br#"{"type":"page","userId":42,"timestamp":"2026-01-01"}"#),
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            err(br#"{"type":"track","event":7,"userId":"u","timestamp":"2026-01-01"}"#),
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            err(br#"{"type":"page","timestamp":"2026-01-01"}"#),
+            RejectReason::MissingId
+        );
+        assert_eq!(
+            err(br#"{"type":"alias","userId":"u","timestamp":"2026-01-01"}"#),
+            RejectReason::MissingId
+        );
+        assert_eq!(
+            err(br#"{"type":"track","userId":"u","timestamp":"2026-01-01"}"#),
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            err(br#"{"type":"group","userId":"u","timestamp":"2026-01-01"}"#),
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            err(br#"{"type":"bogus","userId":"u","timestamp":"2026-01-01"}"#),
+            RejectReason::UnknownType
+        );
+        assert_eq!(
+            err(br#"{"userId":"u","timestamp":"2026-01-01"}"#),
+            RejectReason::UnknownType
+        );
+        assert_eq!(
+            err(br#"{"type":"page","userId":"u","timestamp":"yesterday"}"#),
+            RejectReason::InvalidTimestamp
+        );
+        assert_eq!(
+            err(br#"{"type":"page","userId":"u"}"#),
+            RejectReason::MissingTimestamp
+        );
+        let long = format!(
+            r#"{{"type":"page","userId":"u","messageId":"{}","timestamp":"2026-01-01"}}"#,
+            "m".repeat(101)
+        );
         assert_eq!(err(long.as_bytes()), RejectReason::MessageIdTooLong);
-        let big = format!(r#"{{"type":"page","userId":"u","properties":{{"x":"{}"}}}}"#, "x".repeat(MAX_EVENT_BYTES));
+        let big = format!(
+            r#"{{"type":"page","userId":"u","properties":{{"x":"{}"}}}}"#,
+            "x".repeat(MAX_EVENT_BYTES)
+        );
         assert_eq!(err(big.as_bytes()), RejectReason::Oversize);
         let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
         assert_eq!(err(deep.as_bytes()), RejectReason::NotAnObject);
-        let deep_obj = format!(r#"{{"type":"page","userId":"u","timestamp":"2026-01-01","properties":{{"a":{}1{}}}}}"#, "[".repeat(3000), "]".repeat(3000));
+        let deep_obj = format!(
+            r#"{{"type":"page","userId":"u","timestamp":"2026-01-01","properties":{{"a":{}1{}}}}}"#,
+            "[".repeat(3000),
+            "]".repeat(3000)
+        );
         assert!(deep_obj.len() < MAX_EVENT_BYTES);
         assert_eq!(err(deep_obj.as_bytes()), RejectReason::MalformedJson);
     }
 
     #[test]
     fn null_objects_are_absent_and_unknown_fields_ignored() {
-        let e = ok(r#"{"type":"page","userId":"u","timestamp":"2026-01-01","properties":null,"version":2,"channel":"server"}"#);
+        let e = ok(
+            r#"{"type":"page","userId":"u","timestamp":"2026-01-01","properties":null,"version":2,"channel":"server"}"#,
+        );
         assert_eq!(e.get(Field::Properties), None);
     }
 
@@ -915,7 +1053,10 @@ mod tests {
         assert_eq!(parse_iso8601_ms("2026-03-04 05:06:07Z"), Some(base));
         assert_eq!(parse_iso8601_ms("2026-03-04T06:06:07+01:00"), Some(base));
         assert_eq!(parse_iso8601_ms("2026-03-04T06:06:07+0100"), Some(base));
-        assert_eq!(parse_iso8601_ms("2026-03-04T05:06:07.250Z"), Some(base + 250));
+        assert_eq!(
+            parse_iso8601_ms("2026-03-04T05:06:07.250Z"),
+            Some(base + 250)
+        );
         assert_eq!(format_iso8601(base + 250), "2026-03-04T05:06:07.250Z");
         assert_eq!(parse_iso8601_ms("2026-13-04T05:06:07Z"), None);
         assert_eq!(parse_iso8601_ms("12345"), None);

@@ -131,7 +131,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::core::Partition;
-use weft_operators::components::{ChangeKind, ComponentChange, ComponentChanges, ConnectedComponents};
+use weft_operators::components::{
+    ChangeKind, ComponentChange, ComponentChanges, ConnectedComponents,
+};
 
 use crate::event::{write_json_string, Event, EventType, Field};
 use crate::record::WriteJson;
@@ -169,7 +171,10 @@ pub struct Identifier {
 impl Identifier {
     /// Builds an identifier.
     pub fn new(kind: &str, value: &str) -> Self {
-        Identifier { kind: kind.into(), value: value.into() }
+        Identifier {
+            kind: kind.into(),
+            value: value.into(),
+        }
     }
     /// Its [`id_hash`].
     pub fn hash(&self) -> IdHash {
@@ -244,7 +249,10 @@ impl Observation {
     /// The event's star edges (anchor to every other identifier), as [`EdgeKey`]s.
     pub fn edges(&self) -> impl Iterator<Item = EdgeKey> + '_ {
         let anchor = self.ids.first();
-        self.ids.iter().skip(1).filter_map(move |(k, h, _)| anchor.map(|(ka, a, _)| edge_key(*a, *ka, *h, *k, false)))
+        self.ids
+            .iter()
+            .skip(1)
+            .filter_map(move |(k, h, _)| anchor.map(|(ka, a, _)| edge_key(*a, *ka, *h, *k, false)))
     }
 }
 
@@ -262,8 +270,16 @@ const BUILTIN_GRAPH_KINDS: [&str; 4] = ["user_id", "email", "device_id", "anonym
 impl IdentityRules {
     /// Compiles the rules; fails with a one-sentence reason when a blocked value is not a valid regex.
     pub fn new(spec: &IdentitySpec) -> Result<IdentityRules, String> {
-        let IdentitySpec { blocked_values, limits, priority, custom_kinds } = spec;
-        let patterns: Vec<String> = blocked_values.iter().map(|v| format!("^(?:{v})$")).collect();
+        let IdentitySpec {
+            blocked_values,
+            limits,
+            priority,
+            custom_kinds,
+        } = spec;
+        let patterns: Vec<String> = blocked_values
+            .iter()
+            .map(|v| format!("^(?:{v})$"))
+            .collect();
         let blocked = RegexSet::new(&patterns)
             .map_err(|e| format!("identity.blocked_values: not a valid regular expression: {e}"))?;
         let mut kinds: Vec<KindRule> = Vec::new();
@@ -273,7 +289,10 @@ impl IdentityRules {
                 return;
             }
             by_name.insert(name.to_string(), kinds.len() as KindRank);
-            kinds.push(KindRule { name: name.to_string(), limit: limits.get(name).copied() });
+            kinds.push(KindRule {
+                name: name.to_string(),
+                limit: limits.get(name).copied(),
+            });
         };
         for name in priority {
             add(name);
@@ -305,9 +324,21 @@ impl IdentityRules {
                     ))
                 }
             };
-            custom_paths.push((rank, CustomPath { field, keys: rest.split('.').map(str::to_string).collect() }));
+            custom_paths.push((
+                rank,
+                CustomPath {
+                    field,
+                    keys: rest.split('.').map(str::to_string).collect(),
+                },
+            ));
         }
-        Ok(IdentityRules { blocked, kinds, by_name, custom_paths, external_renames })
+        Ok(IdentityRules {
+            blocked,
+            kinds,
+            by_name,
+            custom_paths,
+            external_renames,
+        })
     }
 
     /// The rank of a kind ([`OTHER_KIND`] when the rules do not name it).
@@ -333,7 +364,8 @@ impl IdentityRules {
                 return;
             }
             let rank = self.rank(kind);
-            obs.ids.push((rank, id_hash(kind, value), Identifier::new(kind, value)));
+            obs.ids
+                .push((rank, id_hash(kind, value), Identifier::new(kind, value)));
         };
         if let Some(v) = event.get(Field::UserId) {
             push("user_id", v);
@@ -365,7 +397,9 @@ impl IdentityRules {
                 let doc = match parsed.iter().position(|(f, _)| f == field) {
                     Some(i) => &parsed[i].1,
                     None => {
-                        let v = event.get(*field).and_then(|raw| serde_json::from_str(raw).ok());
+                        let v = event
+                            .get(*field)
+                            .and_then(|raw| serde_json::from_str(raw).ok());
                         parsed.push((*field, v));
                         &parsed.last().expect("just pushed").1
                     }
@@ -376,7 +410,9 @@ impl IdentityRules {
                 }
                 let value = match at {
                     Some(serde_json::Value::String(s)) => Some(s.clone()),
-                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => Some(v.to_string()),
+                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                        Some(v.to_string())
+                    }
                     _ => None,
                 };
                 if let Some(v) = value {
@@ -411,7 +447,12 @@ impl IdentityRules {
         }
         facts.extend(obs.edges().map(|e| Fact::Edge(e, t)));
         let anchor = obs.ids.first().map(|(k, h, _)| (*k, *h));
-        if let Some((ku, u)) = obs.ids.iter().find(|(_, _, i)| &*i.kind == "user_id").map(|(k, h, _)| (*k, *h)) {
+        if let Some((ku, u)) = obs
+            .ids
+            .iter()
+            .find(|(_, _, i)| &*i.kind == "user_id")
+            .map(|(k, h, _)| (*k, *h))
+        {
             for (_, p) in &obs.previous {
                 facts.push(Fact::Alias(*p, u, ku, t));
             }
@@ -447,15 +488,32 @@ impl IdentityRules {
 /// `context.traits.email`, if it is a string.
 fn context_traits_email(context: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(context).ok()?;
-    v.get("traits")?.get("email")?.as_str().filter(|s| !s.is_empty()).map(str::to_string)
+    v.get("traits")?
+        .get("email")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// The top-level keys of an event's `traits`, as last-write-wins candidates.
 fn traits_of(event: &Event) -> Vec<(Box<str>, Lww)> {
-    let Some(raw) = event.get(Field::Traits) else { return Vec::new() };
-    let Ok(map) = serde_json::from_str::<BTreeMap<String, &RawValue>>(raw) else { return Vec::new() };
+    let Some(raw) = event.get(Field::Traits) else {
+        return Vec::new();
+    };
+    let Ok(map) = serde_json::from_str::<BTreeMap<String, &RawValue>>(raw) else {
+        return Vec::new();
+    };
     map.into_iter()
-        .map(|(k, v)| (k.into_boxed_str(), (event.time_ms, event.message_id().into(), v.get().trim().into())))
+        .map(|(k, v)| {
+            (
+                k.into_boxed_str(),
+                (
+                    event.time_ms,
+                    event.message_id().into(),
+                    v.get().trim().into(),
+                ),
+            )
+        })
         .collect()
 }
 
@@ -564,7 +622,10 @@ pub struct IdentityOutputs<'s> {
 /// want.sort();
 /// assert_eq!(got, want);
 /// ```
-pub fn identity<'s>(events: VecCollection<'s, u64, Event, isize>, rules: &IdentitySpec) -> Result<IdentityOutputs<'s>, String> {
+pub fn identity<'s>(
+    events: VecCollection<'s, u64, Event, isize>,
+    rules: &IdentitySpec,
+) -> Result<IdentityOutputs<'s>, String> {
     let rules = Rc::new(IdentityRules::new(rules)?);
 
     // STEP 1. Facts, one pass over the events, partitioned by kind.
@@ -572,47 +633,97 @@ pub fn identity<'s>(events: VecCollection<'s, u64, Event, isize>, rules: &Identi
     let facts = events.flat_map(move |e| observe.facts(&e));
     let mut parts = facts
         .inner
-        .partition::<CapacityContainerBuilder<Vec<_>>, _, _>(Fact::PARTS, |(f, t, r)| (f.part(), (f, t, r)))
+        .partition::<CapacityContainerBuilder<Vec<_>>, _, _>(Fact::PARTS, |(f, t, r)| {
+            (f.part(), (f, t, r))
+        })
         .into_iter()
         .map(|s| s.as_collection());
     let mut next = || parts.next().expect("Fact::PARTS streams");
-    let seen = next().flat_map(|f| if let Fact::Seen(h, t, k) = f { Some((h, (t, k))) } else { None });
-    let names = next().flat_map(|f| if let Fact::Name(h, i) = f { Some((h, i)) } else { None });
-    let edge_obs = next().flat_map(|f| if let Fact::Edge(e, t) = f { Some((e, t)) } else { None });
-    let aliases = next().flat_map(|f| if let Fact::Alias(p, u, k, t) = f { Some((p, (u, k, t))) } else { None });
-    let trait_obs = next().flat_map(|f| if let Fact::Trait(h, k, v) = f { Some((h, (k, v))) } else { None });
-    let member_obs = next().flat_map(|f| if let Fact::Member(h, g) = f { Some((h, g)) } else { None });
-    let group_trait_obs = next().flat_map(|f| if let Fact::GroupTrait(g, k, v) = f { Some(((g, k), v)) } else { None });
-
-    // STEP 2. Identifiers: first-seen time and kind; the reverse map.
-    let nodes = seen.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, (i64, KindRank), u64, isize>>(
-        "IdentityFirstSeen",
-        |_h, input, output| {
-            if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
-                output.push((**v, 1));
-            }
-        },
-    );
-    let identifiers = names.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, Identifier, u64, isize>>(
-        "IdentityNames",
-        |_h, input, output| {
-            if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
-                output.push(((*v).clone(), 1));
-            }
-        },
-    );
-
-    // STEP 3. Edges with their first-seen time; alias edges to identifiers that exist.
-    let alias_edges = aliases
-        .arrange_by_key_named("IdentityAliases")
-        .join_core(nodes.clone(), |prev, &(user, ku, t), &(_, kp)| {
-            (*prev != user).then(|| (edge_key(user, ku, *prev, kp, true), t))
-        });
-    let edges = edge_obs.concat(alias_edges).reduce_named("IdentityEdgeFirstSeen", |_e, input, output| {
-        if let Some((t, _)) = input.iter().find(|(_, r)| *r > 0) {
-            output.push((**t, 1isize));
+    let seen = next().flat_map(|f| {
+        if let Fact::Seen(h, t, k) = f {
+            Some((h, (t, k)))
+        } else {
+            None
         }
     });
+    let names = next().flat_map(|f| {
+        if let Fact::Name(h, i) = f {
+            Some((h, i))
+        } else {
+            None
+        }
+    });
+    let edge_obs = next().flat_map(|f| {
+        if let Fact::Edge(e, t) = f {
+            Some((e, t))
+        } else {
+            None
+        }
+    });
+    let aliases = next().flat_map(|f| {
+        if let Fact::Alias(p, u, k, t) = f {
+            Some((p, (u, k, t)))
+        } else {
+            None
+        }
+    });
+    let trait_obs = next().flat_map(|f| {
+        if let Fact::Trait(h, k, v) = f {
+            Some((h, (k, v)))
+        } else {
+            None
+        }
+    });
+    let member_obs = next().flat_map(|f| {
+        if let Fact::Member(h, g) = f {
+            Some((h, g))
+        } else {
+            None
+        }
+    });
+    let group_trait_obs = next().flat_map(|f| {
+        if let Fact::GroupTrait(g, k, v) = f {
+            Some(((g, k), v))
+        } else {
+            None
+        }
+    });
+
+    // STEP 2. Identifiers: first-seen time and kind; the reverse map.
+    let nodes = seen
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, (i64, KindRank), u64, isize>>(
+            "IdentityFirstSeen",
+            |_h, input, output| {
+                if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
+                    output.push((**v, 1));
+                }
+            },
+        );
+    let identifiers = names
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, Identifier, u64, isize>>(
+            "IdentityNames",
+            |_h, input, output| {
+                if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
+                    output.push(((*v).clone(), 1));
+                }
+            },
+        );
+
+    // STEP 3. Edges with their first-seen time; alias edges to identifiers that exist.
+    let alias_edges = aliases.arrange_by_key_named("IdentityAliases").join_core(
+        nodes.clone(),
+        |prev, &(user, ku, t), &(_, kp)| {
+            (*prev != user).then(|| (edge_key(user, ku, *prev, kp, true), t))
+        },
+    );
+    let edges =
+        edge_obs
+            .concat(alias_edges)
+            .reduce_named("IdentityEdgeFirstSeen", |_e, input, output| {
+                if let Some((t, _)) = input.iter().find(|(_, r)| *r > 0) {
+                    output.push((**t, 1isize));
+                }
+            });
 
     // STEP 4. Per-identifier limits: each end keeps its earliest `limit(K)`
     // edges to kind K; an edge is a candidate when both ends keep it.
@@ -627,7 +738,9 @@ pub fn identity<'s>(events: VecCollection<'s, u64, Event, isize>, rules: &Identi
             (checked, side, (key, t))
         })
     });
-    let unchecked = sides.clone().flat_map(|(checked, _, edge)| (!checked).then_some(edge));
+    let unchecked = sides
+        .clone()
+        .flat_map(|(checked, _, edge)| (!checked).then_some(edge));
     let limits = Rc::clone(&rules);
     let kept = sides
         .flat_map(|(checked, side, _)| checked.then_some(side))
@@ -649,38 +762,72 @@ pub fn identity<'s>(events: VecCollection<'s, u64, Event, isize>, rules: &Identi
                 }
             }
         })
-        .map(|(node, (k_other, t, other, k_node, x))| (edge_key(node, k_node, other, k_other, x), t));
-    let candidates = kept.concat(unchecked).threshold_named("IdentityCandidates", |_, c| isize::from(*c == 2));
+        .map(|(node, (k_other, t, other, k_node, x))| {
+            (edge_key(node, k_node, other, k_other, x), t)
+        });
+    let candidates = kept
+        .concat(unchecked)
+        .threshold_named("IdentityCandidates", |_, c| isize::from(*c == 2));
 
     // STEP 5. Clusters: components of the candidates.
     let pairs = candidates.clone().map(|((lo, hi, ..), _)| (lo, hi));
     let endpoints = pairs.clone().flat_map(|(a, b)| [(a, ()), (b, ())]);
-    let clusters = pairs.connected_components_ranked(endpoints).arrange_by_key_named("IdentityClusters");
+    let clusters = pairs
+        .connected_components_ranked(endpoints)
+        .arrange_by_key_named("IdentityClusters");
 
     // STEP 6. Per cluster: its identifiers and candidates; the greedy limits
     // decide the accepted edges, whose components (a union-find inside the
     // cluster) are the profiles, named by their oldest identifier.
-    let clustered_nodes = nodes.clone().join_core(clusters.clone(), |h, &(t, k), c| Some((*c, ClusterItem::Node(*h, t, k))));
+    let clustered_nodes = nodes.clone().join_core(clusters.clone(), |h, &(t, k), c| {
+        Some((*c, ClusterItem::Node(*h, t, k)))
+    });
     let clustered_edges = candidates
         .map(|(e, t)| (e.0, (e, t)))
         .arrange_by_key_named("IdentityCandidatesByEnd")
-        .join_core(clusters.clone(), |_lo, &(e, t), c| Some((*c, ClusterItem::Edge(e, t))));
+        .join_core(clusters.clone(), |_lo, &(e, t), c| {
+            Some((*c, ClusterItem::Edge(e, t)))
+        });
     let resolve = Rc::clone(&rules);
-    let resolved = clustered_nodes.concat(clustered_edges).reduce_named("IdentityResolve", move |_cluster, input, output| {
-        let items = input.iter().filter(|(_, r)| *r > 0).map(|(item, _)| **item);
-        for x in resolve_cluster(&resolve, items) {
-            output.push((x, 1isize));
+    let resolved = clustered_nodes.concat(clustered_edges).reduce_named(
+        "IdentityResolve",
+        move |_cluster, input, output| {
+            let items = input.iter().filter(|(_, r)| *r > 0).map(|(item, _)| **item);
+            for x in resolve_cluster(&resolve, items) {
+                output.push((x, 1isize));
+            }
+        },
+    );
+    let accepted = resolved.clone().flat_map(|(_, x)| {
+        if let Resolved::Accepted(lo, hi) = x {
+            Some((lo, hi))
+        } else {
+            None
         }
     });
-    let accepted = resolved.clone().flat_map(|(_, x)| if let Resolved::Accepted(lo, hi) = x { Some((lo, hi)) } else { None });
-    let clustered = resolved.flat_map(|(_, x)| if let Resolved::Member(h, p) = x { Some((h, p)) } else { None });
+    let clustered = resolved.flat_map(|(_, x)| {
+        if let Resolved::Member(h, p) = x {
+            Some((h, p))
+        } else {
+            None
+        }
+    });
 
     // STEP 7. Profiles: identifiers outside every cluster are profiles of one.
     let in_clusters = nodes.clone().join_core(clusters, |h, _, _| Some(*h));
-    let alone = nodes.clone().as_collection(|h, _| *h).concat(in_clusters.negate()).map(|h| (h, h));
-    let profile_of = clustered.concat(alone).arrange_by_key_named("IdentityProfileOf");
+    let alone = nodes
+        .clone()
+        .as_collection(|h, _| *h)
+        .concat(in_clusters.negate())
+        .map(|h| (h, h));
+    let profile_of = clustered
+        .concat(alone)
+        .arrange_by_key_named("IdentityProfileOf");
     let profiles = profile_of.clone().as_collection(|h, p| (*h, *p));
-    let members = profiles.clone().map(|(h, p)| (p, h)).arrange_by_key_named("IdentityMembers");
+    let members = profiles
+        .clone()
+        .map(|(h, p)| (p, h))
+        .arrange_by_key_named("IdentityMembers");
     let changes = profiles.clone().component_changes("IdentityProfileChanges");
 
     // STEP 8. Traits, last write wins per (profile, key) and per (account, key).
@@ -709,7 +856,9 @@ pub fn identity<'s>(events: VecCollection<'s, u64, Event, isize>, rules: &Identi
                 vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
             },
         );
-    let traits = traits_by_profile.clone().as_collection(|p, (k, v)| ((*p, k.clone()), v.clone()));
+    let traits = traits_by_profile
+        .clone()
+        .as_collection(|p, (k, v)| ((*p, k.clone()), v.clone()));
     let accounts = member_obs
         .arrange_by_key_named("IdentityMemberships")
         .join_core(profile_of.clone(), |_h, g, p| Some((*p, *g)))
@@ -766,13 +915,21 @@ struct ClusterUnionFind {
 
 impl ClusterUnionFind {
     fn new() -> Self {
-        ClusterUnionFind { index: HashMap::new(), parent: Vec::new(), counts: Vec::new() }
+        ClusterUnionFind {
+            index: HashMap::new(),
+            parent: Vec::new(),
+            counts: Vec::new(),
+        }
     }
     fn node(&mut self, rules: &IdentityRules, h: IdHash, k: KindRank) -> usize {
         let (parent, counts) = (&mut self.parent, &mut self.counts);
         *self.index.entry(h).or_insert_with(|| {
             parent.push(parent.len());
-            counts.push(if rules.limit(k).is_some() { vec![(k, 1)] } else { Vec::new() });
+            counts.push(if rules.limit(k).is_some() {
+                vec![(k, 1)]
+            } else {
+                Vec::new()
+            });
             parent.len() - 1
         })
     }
@@ -794,7 +951,10 @@ impl ClusterUnionFind {
         }
         let fits = explicit
             || self.counts[ra].iter().all(|(k, ca)| {
-                let cb = self.counts[rb].iter().find(|(kb, _)| kb == k).map_or(0, |(_, c)| *c);
+                let cb = self.counts[rb]
+                    .iter()
+                    .find(|(kb, _)| kb == k)
+                    .map_or(0, |(_, c)| *c);
                 cb == 0 || ca + cb <= rules.limit(*k).unwrap_or(u32::MAX)
             });
         if fits {
@@ -817,15 +977,24 @@ fn greedy_order((e, t): &(EdgeKey, i64)) -> (i64, KindRank, KindRank, IdHash, Id
 
 /// The greedy per-profile limits over one cluster's candidate edges (see the module docs).
 #[cfg(test)]
-fn accept_greedy(rules: &IdentityRules, edges: impl Iterator<Item = (EdgeKey, i64)>) -> Vec<(EdgeKey, i64)> {
+fn accept_greedy(
+    rules: &IdentityRules,
+    edges: impl Iterator<Item = (EdgeKey, i64)>,
+) -> Vec<(EdgeKey, i64)> {
     let mut edges: Vec<(EdgeKey, i64)> = edges.collect();
     edges.sort_by_key(greedy_order);
     let mut uf = ClusterUnionFind::new();
-    edges.into_iter().filter(|(e, _)| uf.offer(rules, e)).collect()
+    edges
+        .into_iter()
+        .filter(|(e, _)| uf.offer(rules, e))
+        .collect()
 }
 
 /// One cluster: the accepted edges and every identifier's profile.
-fn resolve_cluster(rules: &IdentityRules, items: impl Iterator<Item = ClusterItem>) -> Vec<Resolved> {
+fn resolve_cluster(
+    rules: &IdentityRules,
+    items: impl Iterator<Item = ClusterItem>,
+) -> Vec<Resolved> {
     let mut nodes = Vec::new();
     let mut edges = Vec::new();
     for item in items {
@@ -963,7 +1132,9 @@ impl<'s> IdentityOutputs<'s> {
     ) -> VecCollection<'s, u64, (Identifier, V), isize> {
         keyed
             .arrange_by_key_named(name)
-            .join_core(self.identifiers.clone(), |_h, v, ident| Some((ident.clone(), v.clone())))
+            .join_core(self.identifiers.clone(), |_h, v, ident| {
+                Some((ident.clone(), v.clone()))
+            })
     }
 
     /// Identifier → profile, readable.
@@ -971,9 +1142,14 @@ impl<'s> IdentityOutputs<'s> {
         let by_profile = self
             .profile_of
             .clone()
-            .join_core(self.identifiers.clone(), |_h, p, ident| Some((*p, ident.clone())));
+            .join_core(self.identifiers.clone(), |_h, p, ident| {
+                Some((*p, ident.clone()))
+            });
         self.name(by_profile, "IdentityNameProfiles")
-            .map(|(profile, identifier)| ProfileRecord { identifier, profile })
+            .map(|(profile, identifier)| ProfileRecord {
+                identifier,
+                profile,
+            })
     }
 
     /// Merges and splits, readable.
@@ -983,29 +1159,58 @@ impl<'s> IdentityOutputs<'s> {
     /// entirely (every event showing it was retracted, as a deletion does),
     /// the records naming it are retracted, and sinks keep no deleted name.
     pub fn change_records(&self) -> VecCollection<'s, u64, ProfileChangeRecord, isize> {
-        let by_from = self.changes.clone().map(|c| (c.from, (c.kind, c.into, c.nodes)));
-        let by_into = self.name(by_from, "IdentityNameChangeFrom").map(|(from, (kind, into, n))| (into, (kind, from, n)));
+        let by_from = self
+            .changes
+            .clone()
+            .map(|c| (c.from, (c.kind, c.into, c.nodes)));
+        let by_into = self
+            .name(by_from, "IdentityNameChangeFrom")
+            .map(|(from, (kind, into, n))| (into, (kind, from, n)));
         self.name(by_into, "IdentityNameChangeInto")
-            .map(|(into, (kind, from, identifiers))| ProfileChangeRecord { kind, from, into, identifiers })
+            .map(|(into, (kind, from, identifiers))| ProfileChangeRecord {
+                kind,
+                from,
+                into,
+                identifiers,
+            })
     }
 
     /// Profile traits, readable.
     pub fn trait_records(&self) -> VecCollection<'s, u64, TraitRecord, isize> {
-        let keyed = self.traits.clone().map(|((p, key), value)| (p, (key, value)));
-        self.name(keyed, "IdentityNameTraits").map(|(profile, (key, value))| TraitRecord { profile, key, value })
+        let keyed = self
+            .traits
+            .clone()
+            .map(|((p, key), value)| (p, (key, value)));
+        self.name(keyed, "IdentityNameTraits")
+            .map(|(profile, (key, value))| TraitRecord {
+                profile,
+                key,
+                value,
+            })
     }
 
     /// Account traits, readable (`profile` is the account's `group_id`).
     pub fn account_trait_records(&self) -> VecCollection<'s, u64, TraitRecord, isize> {
-        let keyed = self.account_traits.clone().map(|((g, key), value)| (g, (key, value)));
-        self.name(keyed, "IdentityNameAccountTraits").map(|(profile, (key, value))| TraitRecord { profile, key, value })
+        let keyed = self
+            .account_traits
+            .clone()
+            .map(|((g, key), value)| (g, (key, value)));
+        self.name(keyed, "IdentityNameAccountTraits")
+            .map(|(profile, (key, value))| TraitRecord {
+                profile,
+                key,
+                value,
+            })
     }
 
     /// Account memberships, readable.
     pub fn account_records(&self) -> VecCollection<'s, u64, AccountRecord, isize> {
         let by_account = self.accounts.clone().map(|(p, g)| (g, p));
-        let by_profile = self.name(by_account, "IdentityNameAccounts").map(|(account, p)| (p, account));
-        self.name(by_profile, "IdentityNameAccountProfiles").map(|(profile, account)| AccountRecord { profile, account })
+        let by_profile = self
+            .name(by_account, "IdentityNameAccounts")
+            .map(|(account, p)| (p, account));
+        self.name(by_profile, "IdentityNameAccountProfiles")
+            .map(|(profile, account)| AccountRecord { profile, account })
     }
 }
 
@@ -1021,18 +1226,45 @@ mod tests {
     #[test]
     fn observe_extracts_ranks_and_blocks() {
         let mut spec = IdentitySpec::default();
-        spec.custom_kinds.push(CustomKind { name: "crm_id".into(), path: "traits.crm.id".into() });
-        spec.custom_kinds.push(CustomKind { name: "ios_idfa".into(), path: "external_id:idfa".into() });
+        spec.custom_kinds.push(CustomKind {
+            name: "crm_id".into(),
+            path: "traits.crm.id".into(),
+        });
+        spec.custom_kinds.push(CustomKind {
+            name: "ios_idfa".into(),
+            path: "external_id:idfa".into(),
+        });
         let rules = IdentityRules::new(&spec).unwrap();
-        let e = ev(r#"{"type":"identify","userId":"u1","anonymousId":"anonymous","traits":{"email":"e@x","crm":{"id":42}},"context":{"device":{"id":"d1"},"externalIds":[{"id":"I","type":"idfa"},{"id":"z","type":"zendesk"},{"id":"g","type":"group_id"}]},"timestamp":"2026-01-01T00:00:00Z"}"#);
+        let e = ev(
+            r#"{"type":"identify","userId":"u1","anonymousId":"anonymous","traits":{"email":"e@x","crm":{"id":42}},"context":{"device":{"id":"d1"},"externalIds":[{"id":"I","type":"idfa"},{"id":"z","type":"zendesk"},{"id":"g","type":"group_id"}]},"timestamp":"2026-01-01T00:00:00Z"}"#,
+        );
         let obs = rules.observe(&e);
         let kinds: Vec<&str> = obs.ids.iter().map(|(_, _, i)| &*i.kind).collect();
-        assert_eq!(kinds, ["user_id", "email", "device_id", "crm_id", "ios_idfa", "zendesk"]);
+        assert_eq!(
+            kinds,
+            [
+                "user_id",
+                "email",
+                "device_id",
+                "crm_id",
+                "ios_idfa",
+                "zendesk"
+            ]
+        );
         assert_eq!(obs.ids[3].2.value.as_ref(), "42");
         assert_eq!(obs.ids[5].0, OTHER_KIND);
         assert_eq!(obs.anchor(), Some(id_hash("user_id", "u1")));
         assert_eq!(obs.edges().count(), 5);
-        for blocked in ["", "null", "undefined", "anonymous", "0", "-1", "000", "0-0"] {
+        for blocked in [
+            "",
+            "null",
+            "undefined",
+            "anonymous",
+            "0",
+            "-1",
+            "000",
+            "0-0",
+        ] {
             assert!(rules.is_blocked(blocked), "{blocked:?}");
         }
         for ok in ["u0", "anonymous1", "10", "null "] {
@@ -1043,7 +1275,9 @@ mod tests {
     #[test]
     fn group_email_comes_from_context_only() {
         let rules = IdentityRules::new(&IdentitySpec::default()).unwrap();
-        let e = ev(r#"{"type":"group","groupId":"acme","userId":"u1","traits":{"email":"billing@acme"},"timestamp":"2026-01-01T00:00:00Z"}"#);
+        let e = ev(
+            r#"{"type":"group","groupId":"acme","userId":"u1","traits":{"email":"billing@acme"},"timestamp":"2026-01-01T00:00:00Z"}"#,
+        );
         let obs = rules.observe(&e);
         assert_eq!(obs.ids.len(), 1);
         assert_eq!(obs.group.as_ref().map(|g| g.1.value.as_ref()), Some("acme"));
@@ -1065,7 +1299,12 @@ mod tests {
 
     #[test]
     fn bad_rules_say_what_is_wrong() {
-        let spec = IdentitySpec { blocked_values: vec!["(".into()], ..IdentitySpec::default() };
-        assert!(IdentityRules::new(&spec).unwrap_err().contains("blocked_values"));
+        let spec = IdentitySpec {
+            blocked_values: vec!["(".into()],
+            ..IdentitySpec::default()
+        };
+        assert!(IdentityRules::new(&spec)
+            .unwrap_err()
+            .contains("blocked_values"));
     }
 }

@@ -45,8 +45,16 @@ pub fn ingest<'scope>(
     let (valid, errors) = decoded.split_results("SplitValid");
     let (events, duplicates) = match dedupe {
         Some((config, stats)) => {
-            let events = valid.clone().dedupe_by_key("Dedupe", config, message_fingerprint, |e: &Event| e.time_ms, stats);
-            let dropped = valid.concat(events.clone().negate()).map(|_| CountKey::Duplicate);
+            let events = valid.clone().dedupe_by_key(
+                "Dedupe",
+                config,
+                message_fingerprint,
+                |e: &Event| e.time_ms,
+                stats,
+            );
+            let dropped = valid
+                .concat(events.clone().negate())
+                .map(|_| CountKey::Duplicate);
             (events, Some(dropped))
         }
         None => (valid, None),
@@ -57,11 +65,17 @@ pub fn ingest<'scope>(
             .flatten();
         std::iter::once(CountKey::Type(e.kind)).chain(name)
     });
-    let error_keys = errors.clone().map(|r: ErrorRecord| CountKey::Rejected(r.reason));
+    let error_keys = errors
+        .clone()
+        .map(|r: ErrorRecord| CountKey::Rejected(r.reason));
     let mut keys = event_keys.concat(error_keys);
     if let Some(d) = duplicates {
         keys = keys.concat(d);
     }
     let counts = keys.count();
-    IngestOutputs { events, errors, counts }
+    IngestOutputs {
+        events,
+        errors,
+        counts,
+    }
 }

@@ -42,7 +42,11 @@ pub struct QueryError {
 
 impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+        write!(
+            f,
+            "line {}, column {}: {}",
+            self.line, self.column, self.message
+        )
     }
 }
 
@@ -214,7 +218,15 @@ impl AggFunc {
     }
     /// Whether the result is a number.
     pub fn is_numeric(self) -> bool {
-        matches!(self, AggFunc::Count | AggFunc::Sum | AggFunc::Avg | AggFunc::Min | AggFunc::Max | AggFunc::UniqueCount)
+        matches!(
+            self,
+            AggFunc::Count
+                | AggFunc::Sum
+                | AggFunc::Avg
+                | AggFunc::Min
+                | AggFunc::Max
+                | AggFunc::UniqueCount
+        )
     }
 }
 
@@ -306,7 +318,12 @@ fn error_at(src: &str, pos: usize, message: String) -> QueryError {
     let before = &src[..pos.min(src.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    QueryError { pos, line, column, message }
+    QueryError {
+        pos,
+        line,
+        column,
+        message,
+    }
 }
 
 fn lex(src: &str) -> Result<Vec<(Tok, usize)>, QueryError> {
@@ -335,13 +352,19 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, QueryError> {
                 j += 1;
             }
             if j >= bytes.len() {
-                return Err(error_at(src, start, "unterminated string: expected a closing `\"`".into()));
+                return Err(error_at(
+                    src,
+                    start,
+                    "unterminated string: expected a closing `\"`".into(),
+                ));
             }
             let s: String = serde_json::from_str(&src[i..=j])
                 .map_err(|e| error_at(src, start, format!("invalid string literal: {e}")))?;
             out.push((Tok::Str(s), start));
             i = j + 1;
-        } else if c.is_ascii_digit() || (c == b'-' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)) {
+        } else if c.is_ascii_digit()
+            || (c == b'-' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit))
+        {
             let mut j = i + 1;
             while j < bytes.len() && (bytes[j].is_ascii_digit() || bytes[j] == b'.') {
                 j += 1;
@@ -356,13 +379,17 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, QueryError> {
                 out.push((Tok::Dur(d), start));
                 i = k;
             } else {
-                let n: f64 = num.parse().map_err(|_| error_at(src, start, format!("invalid number {num:?}")))?;
+                let n: f64 = num
+                    .parse()
+                    .map_err(|_| error_at(src, start, format!("invalid number {num:?}")))?;
                 out.push((Tok::Num(n), start));
                 i = j;
             }
         } else if c.is_ascii_alphabetic() || c == b'_' {
             let mut j = i + 1;
-            while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_' || bytes[j] == b'.') {
+            while j < bytes.len()
+                && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_' || bytes[j] == b'.')
+            {
                 j += 1;
             }
             out.push((Tok::Ident(src[i..j].to_string()), start));
@@ -408,7 +435,11 @@ type PResult<T> = Result<T, QueryError>;
 
 impl<'a> Parser<'a> {
     fn new(src: &'a str) -> PResult<Self> {
-        Ok(Parser { src, toks: lex(src)?, i: 0 })
+        Ok(Parser {
+            src,
+            toks: lex(src)?,
+            i: 0,
+        })
     }
     fn peek(&self) -> &Tok {
         &self.toks[self.i].0
@@ -424,7 +455,11 @@ impl<'a> Parser<'a> {
         t
     }
     fn err<T>(&self, expected: &str) -> PResult<T> {
-        Err(error_at(self.src, self.pos(), format!("expected {expected}, found {}", self.peek())))
+        Err(error_at(
+            self.src,
+            self.pos(),
+            format!("expected {expected}, found {}", self.peek()),
+        ))
     }
     fn is_kw(&self, kw: &str) -> bool {
         matches!(self.peek(), Tok::Ident(s) if s == kw)
@@ -465,14 +500,22 @@ impl<'a> Parser<'a> {
         while self.eat_kw("or") {
             parts.push(self.and()?);
         }
-        Ok(if parts.len() == 1 { parts.pop().expect("one part") } else { Condition::Or(parts) })
+        Ok(if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            Condition::Or(parts)
+        })
     }
     fn and(&mut self) -> PResult<Condition> {
         let mut parts = vec![self.unary()?];
         while self.eat_kw("and") {
             parts.push(self.unary()?);
         }
-        Ok(if parts.len() == 1 { parts.pop().expect("one part") } else { Condition::And(parts) })
+        Ok(if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            Condition::And(parts)
+        })
     }
     fn unary(&mut self) -> PResult<Condition> {
         if self.eat_kw("not") {
@@ -526,7 +569,9 @@ impl<'a> Parser<'a> {
     }
     fn aggregate(&mut self) -> PResult<Aggregate> {
         let at = self.pos();
-        let Tok::Ident(name) = self.bump() else { unreachable!("checked by caller") };
+        let Tok::Ident(name) = self.bump() else {
+            unreachable!("checked by caller")
+        };
         let func = AggFunc::from_name(&name).expect("checked by caller");
         self.expect_sym("(")?;
         // An optional `<path> from`.
@@ -546,18 +591,30 @@ impl<'a> Parser<'a> {
         self.expect_sym(")")?;
         match (func, &field) {
             (AggFunc::Count, Some(_)) => {
-                return Err(error_at(self.src, at, "count(...) takes no path: write `count(track \"X\" ...)`".into()))
+                return Err(error_at(
+                    self.src,
+                    at,
+                    "count(...) takes no path: write `count(track \"X\" ...)`".into(),
+                ))
             }
             (f, None) if f != AggFunc::Count => {
                 return Err(error_at(
                     self.src,
                     at,
-                    format!("{}(...) needs a path: write `{}(properties.<name> from track \"X\" ...)`", f.as_str(), f.as_str()),
+                    format!(
+                        "{}(...) needs a path: write `{}(properties.<name> from track \"X\" ...)`",
+                        f.as_str(),
+                        f.as_str()
+                    ),
                 ))
             }
             _ => {}
         }
-        Ok(Aggregate { func, field, events })
+        Ok(Aggregate {
+            func,
+            field,
+            events,
+        })
     }
     fn selector(&mut self) -> PResult<EventSelector> {
         let kind = match self.peek().clone() {
@@ -569,7 +626,9 @@ impl<'a> Parser<'a> {
                 self.bump();
                 EventType::from_wire(&s)
             }
-            _ => return self.err("an event type (`track`, `page`, `screen`, `identify`, `group`, `alias` or `any`)"),
+            _ => return self.err(
+                "an event type (`track`, `page`, `screen`, `identify`, `group`, `alias` or `any`)",
+            ),
         };
         let name = match self.peek().clone() {
             Tok::Str(s) => {
@@ -578,7 +637,11 @@ impl<'a> Parser<'a> {
             }
             _ => None,
         };
-        let filter = if self.eat_kw("where") { Some(self.filter_or()?) } else { None };
+        let filter = if self.eat_kw("where") {
+            Some(self.filter_or()?)
+        } else {
+            None
+        };
         let window = if self.eat_kw("within") {
             match self.bump() {
                 Tok::Dur(d) if d.0 > 0 => Some(d),
@@ -591,21 +654,34 @@ impl<'a> Parser<'a> {
             self.eat_kw("ever");
             None
         };
-        Ok(EventSelector { kind, name, filter, window })
+        Ok(EventSelector {
+            kind,
+            name,
+            filter,
+            window,
+        })
     }
     fn filter_or(&mut self) -> PResult<Filter> {
         let mut parts = vec![self.filter_and()?];
         while self.eat_kw("or") {
             parts.push(self.filter_and()?);
         }
-        Ok(if parts.len() == 1 { parts.pop().expect("one part") } else { Filter::Or(parts) })
+        Ok(if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            Filter::Or(parts)
+        })
     }
     fn filter_and(&mut self) -> PResult<Filter> {
         let mut parts = vec![self.filter_unary()?];
         while self.eat_kw("and") {
             parts.push(self.filter_unary()?);
         }
-        Ok(if parts.len() == 1 { parts.pop().expect("one part") } else { Filter::And(parts) })
+        Ok(if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            Filter::And(parts)
+        })
     }
     fn filter_unary(&mut self) -> PResult<Filter> {
         if self.eat_kw("not") {
@@ -649,15 +725,18 @@ impl<'a> Parser<'a> {
             self.expect_sym("]")?;
             return Ok(Test::In(items));
         }
-        let op = match self.peek() {
-            Tok::Sym("=") => CmpOp::Eq,
-            Tok::Sym("!=") => CmpOp::Ne,
-            Tok::Sym("<") => CmpOp::Lt,
-            Tok::Sym("<=") => CmpOp::Le,
-            Tok::Sym(">") => CmpOp::Gt,
-            Tok::Sym(">=") => CmpOp::Ge,
-            _ => return self.err("a comparison (`=`, `!=`, `<`, `<=`, `>`, `>=`), `contains`, `in` or `exists`"),
-        };
+        let op =
+            match self.peek() {
+                Tok::Sym("=") => CmpOp::Eq,
+                Tok::Sym("!=") => CmpOp::Ne,
+                Tok::Sym("<") => CmpOp::Lt,
+                Tok::Sym("<=") => CmpOp::Le,
+                Tok::Sym(">") => CmpOp::Gt,
+                Tok::Sym(">=") => CmpOp::Ge,
+                _ => return self.err(
+                    "a comparison (`=`, `!=`, `<`, `<=`, `>`, `>=`), `contains`, `in` or `exists`",
+                ),
+            };
         self.bump();
         Ok(Test::Cmp(op, self.literal()?))
     }
@@ -682,7 +761,11 @@ fn is_event_kind(s: &str) -> bool {
 fn split_path(src: &str, at: usize, path: &str) -> PResult<Vec<String>> {
     let parts: Vec<String> = path.split('.').map(str::to_string).collect();
     if parts.iter().any(String::is_empty) {
-        return Err(error_at(src, at, format!("invalid path {path:?}: expected names separated by `.`")));
+        return Err(error_at(
+            src,
+            at,
+            format!("invalid path {path:?}: expected names separated by `.`"),
+        ));
     }
     Ok(parts)
 }
@@ -695,7 +778,10 @@ fn event_path(src: &str, at: usize, s: &str) -> PResult<EventPath> {
         return Ok(EventPath::Name);
     }
     for (prefix, make) in [
-        ("properties.", EventPath::Properties as fn(Vec<String>) -> EventPath),
+        (
+            "properties.",
+            EventPath::Properties as fn(Vec<String>) -> EventPath,
+        ),
         ("context.", EventPath::Context),
         ("traits.", EventPath::Traits),
     ] {
@@ -714,7 +800,12 @@ fn check_test(src: &str, at: usize, value: &ValueRef, test: &Test) -> PResult<()
     if let ValueRef::Agg(a) = value {
         let numeric = a.func.is_numeric();
         let bad = match test {
-            Test::Cmp(_, Literal::Num(_)) => !numeric && a.func != AggFunc::First && a.func != AggFunc::Last && a.func != AggFunc::MostFrequent,
+            Test::Cmp(_, Literal::Num(_)) => {
+                !numeric
+                    && a.func != AggFunc::First
+                    && a.func != AggFunc::Last
+                    && a.func != AggFunc::MostFrequent
+            }
             Test::Cmp(CmpOp::Eq | CmpOp::Ne, _) => numeric,
             Test::Cmp(..) => numeric,
             Test::Contains(_) => numeric,
@@ -723,7 +814,15 @@ fn check_test(src: &str, at: usize, value: &ValueRef, test: &Test) -> PResult<()
         };
         if bad {
             let what = if numeric { "a number" } else { "a value" };
-            return Err(error_at(src, at, format!("{}(...) is {what}; it cannot be compared with {}", a.func.as_str(), describe(test))));
+            return Err(error_at(
+                src,
+                at,
+                format!(
+                    "{}(...) is {what}; it cannot be compared with {}",
+                    a.func.as_str(),
+                    describe(test)
+                ),
+            ));
         }
     }
     Ok(())
@@ -774,7 +873,9 @@ mod tests {
             r#"count(track "Product Viewed" where properties.category = "shoes" within 30d) >= 3 and trait.plan = "pro" and not audience("churned")"#,
         )
         .unwrap();
-        let Condition::And(parts) = c else { panic!("{c:?}") };
+        let Condition::And(parts) = c else {
+            panic!("{c:?}")
+        };
         assert_eq!(parts.len(), 3);
         match &parts[0] {
             Condition::Test(ValueRef::Agg(a), Test::Cmp(CmpOp::Ge, Literal::Num(n))) => {
@@ -784,14 +885,26 @@ mod tests {
                 assert_eq!(a.events.window, Some(DurationMs(30 * 86_400_000)));
                 assert_eq!(
                     a.events.filter,
-                    Some(Filter::Test(EventPath::Properties(vec!["category".into()]), Test::Cmp(CmpOp::Eq, Literal::Str("shoes".into()))))
+                    Some(Filter::Test(
+                        EventPath::Properties(vec!["category".into()]),
+                        Test::Cmp(CmpOp::Eq, Literal::Str("shoes".into()))
+                    ))
                 );
                 assert_eq!(*n, 3.0);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(parts[1], Condition::Test(ValueRef::Trait(vec!["plan".into()]), Test::Cmp(CmpOp::Eq, Literal::Str("pro".into()))));
-        assert_eq!(parts[2], Condition::Not(Box::new(Condition::Audience("churned".into()))));
+        assert_eq!(
+            parts[1],
+            Condition::Test(
+                ValueRef::Trait(vec!["plan".into()]),
+                Test::Cmp(CmpOp::Eq, Literal::Str("pro".into()))
+            )
+        );
+        assert_eq!(
+            parts[2],
+            Condition::Not(Box::new(Condition::Audience("churned".into())))
+        );
     }
 
     #[test]
@@ -810,7 +923,10 @@ mod tests {
         ] {
             parse_audience(q).unwrap_or_else(|e| panic!("{q}: {e}"));
         }
-        let t = parse_computed_trait(r#"unique(properties.category from track "Product Viewed" within 30d)"#).unwrap();
+        let t = parse_computed_trait(
+            r#"unique(properties.category from track "Product Viewed" within 30d)"#,
+        )
+        .unwrap();
         assert_eq!(t.func, AggFunc::Unique);
     }
 
@@ -821,7 +937,10 @@ mod tests {
         assert!(e.message.contains("count(...) is a number"), "{e}");
         let e = parse_audience(r#"trait.plan = "pro" and"#).unwrap_err();
         assert_eq!(e.pos, 22);
-        assert!(e.message.contains("expected") && e.message.contains("end of query"), "{e}");
+        assert!(
+            e.message.contains("expected") && e.message.contains("end of query"),
+            "{e}"
+        );
         let e = parse_audience(r#"count(track "X" within 30 days) > 1"#).unwrap_err();
         assert!(e.message.contains("duration"), "{e}");
         let e = parse_audience(r#"count(track "X") > 1 trait.a = 1"#).unwrap_err();

@@ -24,7 +24,13 @@ pub struct ErrorRecord {
 
 impl ErrorRecord {
     /// Builds an error record from a rejection.
-    pub fn new(source: &str, partition: u32, offset: u64, rejection: Rejection, raw: &[u8]) -> Self {
+    pub fn new(
+        source: &str,
+        partition: u32,
+        offset: u64,
+        rejection: Rejection,
+        raw: &[u8],
+    ) -> Self {
         ErrorRecord {
             source: source.into(),
             offset,
@@ -77,7 +83,13 @@ impl WriteJson for ErrorRecord {
     fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"source\":");
         write_json_string(out, &self.source);
-        out.extend_from_slice(format!(",\"partition\":{},\"offset\":{},\"reason\":\"{}\",\"message\":", self.partition, self.offset, self.reason).as_bytes());
+        out.extend_from_slice(
+            format!(
+                ",\"partition\":{},\"offset\":{},\"reason\":\"{}\",\"message\":",
+                self.partition, self.offset, self.reason
+            )
+            .as_bytes(),
+        );
         write_json_string(out, &self.message);
         match std::str::from_utf8(&self.raw) {
             Ok(s) => {
@@ -124,7 +136,16 @@ mod tests {
 
     #[test]
     fn encodings_are_json() {
-        let e = ErrorRecord::new("s", 0, 7, Rejection { reason: RejectReason::InvalidUtf8, message: "bad".into() }, b"a\xffb");
+        let e = ErrorRecord::new(
+            "s",
+            0,
+            7,
+            Rejection {
+                reason: RejectReason::InvalidUtf8,
+                message: "bad".into(),
+            },
+            b"a\xffb",
+        );
         let mut out = Vec::new();
         write_change_line(&mut out, 3, 1, &e);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -132,7 +153,12 @@ mod tests {
         assert_eq!(v["data"]["reason"], "invalid_utf8");
         assert_eq!(v["time"], 3);
         let mut out = Vec::new();
-        write_change_line(&mut out, 3, -1, &(CountKey::TrackEvent("Order \"X\"".into()), 12isize));
+        write_change_line(
+            &mut out,
+            3,
+            -1,
+            &(CountKey::TrackEvent("Order \"X\"".into()), 12isize),
+        );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["data"]["key"], "Order \"X\"");
         assert_eq!(v["data"]["count"], 12);

@@ -58,7 +58,9 @@ impl DurationMs {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("expected a duration like \"24h\", \"30d\" or \"15m\", got {s:?}"))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!("expected a duration like \"24h\", \"30d\" or \"15m\", got {s:?}")
+        })?;
         let mult = match unit.trim() {
             "ms" => 1,
             "s" => 1_000,
@@ -68,7 +70,9 @@ impl DurationMs {
             "w" => 7 * 86_400_000,
             _ => return Err(format!("expected a duration like \"24h\", \"30d\" or \"15m\" (units ms, s, m, h, d, w), got {s:?}")),
         };
-        n.checked_mul(mult).map(DurationMs).ok_or_else(|| format!("duration {s:?} is too large"))
+        n.checked_mul(mult)
+            .map(DurationMs)
+            .ok_or_else(|| format!("duration {s:?} is too large"))
     }
 }
 
@@ -251,7 +255,8 @@ fn default_dedupe_key() -> String {
 }
 
 /// The identifier kinds Weft extracts without configuration.
-pub const BUILTIN_ID_KINDS: [&str; 5] = ["user_id", "anonymous_id", "email", "device_id", "group_id"];
+pub const BUILTIN_ID_KINDS: [&str; 5] =
+    ["user_id", "anonymous_id", "email", "device_id", "group_id"];
 
 /// `[identity]`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -283,16 +288,27 @@ impl Default for IdentitySpec {
 }
 
 fn default_blocked() -> Vec<String> {
-    ["", "null", "undefined", "anonymous", "0", "-1", "^[0-]*$"].iter().map(|s| s.to_string()).collect()
-}
-fn default_limits() -> BTreeMap<String, u32> {
-    [("user_id", 1), ("anonymous_id", 5), ("email", 5), ("device_id", 5)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
+    ["", "null", "undefined", "anonymous", "0", "-1", "^[0-]*$"]
+        .iter()
+        .map(|s| s.to_string())
         .collect()
 }
+fn default_limits() -> BTreeMap<String, u32> {
+    [
+        ("user_id", 1),
+        ("anonymous_id", 5),
+        ("email", 5),
+        ("device_id", 5),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
 fn default_priority() -> Vec<String> {
-    ["user_id", "email", "device_id", "anonymous_id"].iter().map(|s| s.to_string()).collect()
+    ["user_id", "email", "device_id", "anonymous_id"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// `[[identity.custom_kinds]]`: an identifier kind read from the event.
@@ -390,13 +406,17 @@ impl SinkSpec {
     /// The sink's name.
     pub fn name(&self) -> &str {
         match self {
-            SinkSpec::File { name, .. } | SinkSpec::Stdout { name, .. } | SinkSpec::Kafka { name, .. } => name,
+            SinkSpec::File { name, .. }
+            | SinkSpec::Stdout { name, .. }
+            | SinkSpec::Kafka { name, .. } => name,
         }
     }
     /// The output it writes.
     pub fn output(&self) -> OutputName {
         match self {
-            SinkSpec::File { output, .. } | SinkSpec::Stdout { output, .. } | SinkSpec::Kafka { output, .. } => *output,
+            SinkSpec::File { output, .. }
+            | SinkSpec::Stdout { output, .. }
+            | SinkSpec::Kafka { output, .. } => *output,
         }
     }
 }
@@ -478,7 +498,10 @@ impl JobSpec {
     /// Reads, parses and validates a spec file, and resolves relative paths
     /// against the file's directory.
     pub fn load(path: &Path) -> Result<JobSpec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut spec = JobSpec::from_toml(&text).map_err(|e| match e {
             SpecError::Toml(m) => SpecError::Toml(format!("{}: {m}", path.display())),
             other => other,
@@ -534,59 +557,118 @@ impl JobSpec {
         let mut bad = |key: String, message: String| errs.push(Invalid { key, message });
 
         if self.job.name.is_empty()
-            || !self.job.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !self
+                .job
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            bad("job.name".into(), format!("expected a non-empty name of letters, digits, '-' and '_', got {:?}", self.job.name));
+            bad(
+                "job.name".into(),
+                format!(
+                    "expected a non-empty name of letters, digits, '-' and '_', got {:?}",
+                    self.job.name
+                ),
+            );
         }
         if self.sources.is_empty() {
-            bad("sources".into(), "a job needs at least one [[sources]] entry".into());
+            bad(
+                "sources".into(),
+                "a job needs at least one [[sources]] entry".into(),
+            );
         }
         let mut names = BTreeSet::new();
         for (i, s) in self.sources.iter().enumerate() {
             if !names.insert(s.name().to_string()) {
-                bad(format!("sources[{i}].name"), format!("duplicate source name {:?}", s.name()));
+                bad(
+                    format!("sources[{i}].name"),
+                    format!("duplicate source name {:?}", s.name()),
+                );
             }
             match s {
-                SourceSpec::File { chunk_bytes, path, .. } => {
+                SourceSpec::File {
+                    chunk_bytes, path, ..
+                } => {
                     if *chunk_bytes < 4096 {
-                        bad(format!("sources[{i}].chunk_bytes"), format!("expected at least 4096 bytes, got {chunk_bytes}"));
+                        bad(
+                            format!("sources[{i}].chunk_bytes"),
+                            format!("expected at least 4096 bytes, got {chunk_bytes}"),
+                        );
                     }
                     if path.as_os_str().is_empty() {
                         bad(format!("sources[{i}].path"), "expected a file path".into());
                     }
                 }
-                SourceSpec::Kafka { topics, tick, options, .. } => {
+                SourceSpec::Kafka {
+                    topics,
+                    tick,
+                    options,
+                    ..
+                } => {
                     if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
-                        bad(format!("sources[{i}].topics"), "expected a non-empty list of topic names".into());
+                        bad(
+                            format!("sources[{i}].topics"),
+                            "expected a non-empty list of topic names".into(),
+                        );
                     }
                     if tick.0 == 0 || tick.0 > 60_000 {
-                        bad(format!("sources[{i}].tick"), format!("expected a tick between 1ms and 60s, got {}ms", tick.0));
+                        bad(
+                            format!("sources[{i}].tick"),
+                            format!("expected a tick between 1ms and 60s, got {}ms", tick.0),
+                        );
                     }
-                    for key in options.keys().filter(|k| WEFT_OWNED_KAFKA_OPTIONS.contains(&k.as_str())) {
-                        bad(format!("sources[{i}].options.{key}"), format!("`{key}` is set by Weft and cannot be overridden"));
+                    for key in options
+                        .keys()
+                        .filter(|k| WEFT_OWNED_KAFKA_OPTIONS.contains(&k.as_str()))
+                    {
+                        bad(
+                            format!("sources[{i}].options.{key}"),
+                            format!("`{key}` is set by Weft and cannot be overridden"),
+                        );
                     }
                 }
             }
         }
         if self.dedupe.window > MAX_DEDUPE_WINDOW || self.dedupe.window.0 == 0 {
-            bad("dedupe.window".into(), format!("expected a window between 1ms and 30d, got {}ms", self.dedupe.window.0));
+            bad(
+                "dedupe.window".into(),
+                format!(
+                    "expected a window between 1ms and 30d, got {}ms",
+                    self.dedupe.window.0
+                ),
+            );
         }
         if self.dedupe.key != "messageId" {
-            bad("dedupe.key".into(), format!("only \"messageId\" is supported, got {:?}", self.dedupe.key));
+            bad(
+                "dedupe.key".into(),
+                format!("only \"messageId\" is supported, got {:?}", self.dedupe.key),
+            );
         }
         for (i, v) in self.identity.blocked_values.iter().enumerate() {
             if let Err(e) = regex::Regex::new(&format!("^(?:{v})$")) {
-                bad(format!("identity.blocked_values[{i}]"), format!("not a valid regular expression: {e}"));
+                bad(
+                    format!("identity.blocked_values[{i}]"),
+                    format!("not a valid regular expression: {e}"),
+                );
             }
         }
         let mut kinds: BTreeSet<String> = BUILTIN_ID_KINDS.iter().map(|s| s.to_string()).collect();
         for (i, k) in self.identity.custom_kinds.iter().enumerate() {
             if !kinds.insert(k.name.clone()) {
-                bad(format!("identity.custom_kinds[{i}].name"), format!("kind {:?} is already defined", k.name));
+                bad(
+                    format!("identity.custom_kinds[{i}].name"),
+                    format!("kind {:?} is already defined", k.name),
+                );
             }
-            let ok_path = k.path.strip_prefix("external_id:").map(|t| !t.is_empty()).unwrap_or_else(|| {
-                ["traits.", "properties.", "context."].iter().any(|p| k.path.len() > p.len() && k.path.starts_with(p))
-            });
+            let ok_path = k
+                .path
+                .strip_prefix("external_id:")
+                .map(|t| !t.is_empty())
+                .unwrap_or_else(|| {
+                    ["traits.", "properties.", "context."]
+                        .iter()
+                        .any(|p| k.path.len() > p.len() && k.path.starts_with(p))
+                });
             if !ok_path {
                 bad(
                     format!("identity.custom_kinds[{i}].path"),
@@ -596,22 +678,43 @@ impl JobSpec {
         }
         for (kind, limit) in &self.identity.limits {
             if !kinds.contains(kind) {
-                bad(format!("identity.limits.{kind}"), format!("unknown identifier kind; expected one of {}", join(&kinds)));
+                bad(
+                    format!("identity.limits.{kind}"),
+                    format!("unknown identifier kind; expected one of {}", join(&kinds)),
+                );
             } else if *limit == 0 {
-                bad(format!("identity.limits.{kind}"), "expected a limit of at least 1".into());
+                bad(
+                    format!("identity.limits.{kind}"),
+                    "expected a limit of at least 1".into(),
+                );
             }
         }
         let mut seen = BTreeSet::new();
         for (i, kind) in self.identity.priority.iter().enumerate() {
             if !kinds.contains(kind) {
-                bad(format!("identity.priority[{i}]"), format!("unknown identifier kind {kind:?}; expected one of {}", join(&kinds)));
+                bad(
+                    format!("identity.priority[{i}]"),
+                    format!(
+                        "unknown identifier kind {kind:?}; expected one of {}",
+                        join(&kinds)
+                    ),
+                );
             } else if !seen.insert(kind) {
-                bad(format!("identity.priority[{i}]"), format!("kind {kind:?} is listed twice"));
+                bad(
+                    format!("identity.priority[{i}]"),
+                    format!("kind {kind:?} is listed twice"),
+                );
             }
         }
         let mut defined = BTreeSet::new();
         for (i, t) in self.traits.iter().enumerate() {
-            check_named(&mut bad, &mut defined, &format!("traits[{i}]"), &t.name, &t.query);
+            check_named(
+                &mut bad,
+                &mut defined,
+                &format!("traits[{i}]"),
+                &t.name,
+                &t.query,
+            );
             if !t.query.trim().is_empty() {
                 if let Err(e) = crate::query::parse_computed_trait(&t.query) {
                     bad(format!("traits[{i}].query"), e.to_string());
@@ -619,9 +722,16 @@ impl JobSpec {
             }
         }
         let trait_names: BTreeSet<&str> = self.traits.iter().map(|t| t.name.as_str()).collect();
-        let audience_names: BTreeSet<&str> = self.audiences.iter().map(|a| a.name.as_str()).collect();
+        let audience_names: BTreeSet<&str> =
+            self.audiences.iter().map(|a| a.name.as_str()).collect();
         for (i, a) in self.audiences.iter().enumerate() {
-            check_named(&mut bad, &mut defined, &format!("audiences[{i}]"), &a.name, &a.query);
+            check_named(
+                &mut bad,
+                &mut defined,
+                &format!("audiences[{i}]"),
+                &a.name,
+                &a.query,
+            );
             if a.query.trim().is_empty() {
                 continue;
             }
@@ -631,10 +741,16 @@ impl JobSpec {
                     let (mut auds, mut comps) = (Vec::new(), Vec::new());
                     cond.audiences(&mut auds);
                     cond.computed(&mut comps);
-                    let earlier: BTreeSet<&str> = self.audiences[..i].iter().map(|a| a.name.as_str()).collect();
+                    let earlier: BTreeSet<&str> = self.audiences[..i]
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect();
                     for r in auds.iter() {
                         if !audience_names.contains(r.as_str()) {
-                            bad(format!("audiences[{i}].query"), format!("refers to audience {r:?}, which is not defined"));
+                            bad(
+                                format!("audiences[{i}].query"),
+                                format!("refers to audience {r:?}, which is not defined"),
+                            );
                         } else if !earlier.contains(r.as_str()) {
                             bad(
                                 format!("audiences[{i}].query"),
@@ -643,7 +759,10 @@ impl JobSpec {
                         }
                     }
                     for r in comps.iter().filter(|r| !trait_names.contains(r.as_str())) {
-                        bad(format!("audiences[{i}].query"), format!("refers to computed trait {r:?}, which is not defined"));
+                        bad(
+                            format!("audiences[{i}].query"),
+                            format!("refers to computed trait {r:?}, which is not defined"),
+                        );
                     }
                 }
             }
@@ -651,22 +770,43 @@ impl JobSpec {
         let mut sink_names = BTreeSet::new();
         for (i, s) in self.sinks.iter().enumerate() {
             if !sink_names.insert(s.name().to_string()) {
-                bad(format!("sinks[{i}].name"), format!("duplicate sink name {:?}", s.name()));
+                bad(
+                    format!("sinks[{i}].name"),
+                    format!("duplicate sink name {:?}", s.name()),
+                );
             }
             if let SinkSpec::File { format, output, .. } = s {
                 if *format != SinkFormat::Changes && *output != OutputName::Audiences {
-                    bad(format!("sinks[{i}].format"), "the Segment formats apply to the `audiences` output only".into());
+                    bad(
+                        format!("sinks[{i}].format"),
+                        "the Segment formats apply to the `audiences` output only".into(),
+                    );
                 }
             }
-            if let SinkSpec::Kafka { topic, options, partitions, .. } = s {
+            if let SinkSpec::Kafka {
+                topic,
+                options,
+                partitions,
+                ..
+            } = s
+            {
                 if topic.trim().is_empty() {
                     bad(format!("sinks[{i}].topic"), "expected a topic name".into());
                 }
                 if *partitions == 0 {
-                    bad(format!("sinks[{i}].partitions"), "expected at least 1 partition".into());
+                    bad(
+                        format!("sinks[{i}].partitions"),
+                        "expected at least 1 partition".into(),
+                    );
                 }
-                for key in options.keys().filter(|k| WEFT_OWNED_KAFKA_OPTIONS.contains(&k.as_str())) {
-                    bad(format!("sinks[{i}].options.{key}"), format!("`{key}` is set by Weft and cannot be overridden"));
+                for key in options
+                    .keys()
+                    .filter(|k| WEFT_OWNED_KAFKA_OPTIONS.contains(&k.as_str()))
+                {
+                    bad(
+                        format!("sinks[{i}].options.{key}"),
+                        format!("`{key}` is set by Weft and cannot be overridden"),
+                    );
                 }
             }
         }
@@ -678,11 +818,27 @@ impl JobSpec {
     }
 }
 
-fn check_named(bad: &mut impl FnMut(String, String), defined: &mut BTreeSet<String>, key: &str, name: &str, query: &str) {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        bad(format!("{key}.name"), format!("expected a name of letters, digits, '-' and '_', got {name:?}"));
+fn check_named(
+    bad: &mut impl FnMut(String, String),
+    defined: &mut BTreeSet<String>,
+    key: &str,
+    name: &str,
+    query: &str,
+) {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        bad(
+            format!("{key}.name"),
+            format!("expected a name of letters, digits, '-' and '_', got {name:?}"),
+        );
     } else if !defined.insert(name.to_string()) {
-        bad(format!("{key}.name"), format!("{name:?} is already defined as a trait or audience"));
+        bad(
+            format!("{key}.name"),
+            format!("{name:?} is already defined as a trait or audience"),
+        );
     }
     if query.trim().is_empty() {
         bad(format!("{key}.query"), "expected a non-empty query".into());
@@ -690,7 +846,10 @@ fn check_named(bad: &mut impl FnMut(String, String), defined: &mut BTreeSet<Stri
 }
 
 fn join(set: &BTreeSet<String>) -> String {
-    set.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    set.iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -747,14 +906,25 @@ output = "counts"
         assert!(e.contains("profiles") && e.contains("counts"), "{e}");
         let e = err_of(&MINIMAL.replace("type = \"file\"", "type = \"ftp\""));
         assert!(e.contains("ftp"), "{e}");
-        let e = err_of(&format!("{MINIMAL}\n[identity]\nblocked_values = [\"(\"]\nlimits = {{ shoe_size = 2 }}\n"));
+        let e = err_of(&format!(
+            "{MINIMAL}\n[identity]\nblocked_values = [\"(\"]\nlimits = {{ shoe_size = 2 }}\n"
+        ));
         assert!(e.contains("identity.blocked_values[0]"), "{e}");
         assert!(e.contains("identity.limits.shoe_size"), "{e}");
         let e = err_of(&format!("{MINIMAL}\n[[audiences]]\nname = \"a\"\nquery = \"x\"\n[[audiences]]\nname = \"a\"\nquery = \"\"\n"));
-        assert!(e.contains("audiences[1].name") && e.contains("audiences[1].query"), "{e}");
-        assert!(e.contains("audiences[0].query: line 1, column 1: expected"), "{e}");
+        assert!(
+            e.contains("audiences[1].name") && e.contains("audiences[1].query"),
+            "{e}"
+        );
+        assert!(
+            e.contains("audiences[0].query: line 1, column 1: expected"),
+            "{e}"
+        );
         let e = err_of(&format!("{MINIMAL}\n[[audiences]]\nname = \"a\"\nquery = 'audience(\"b\") or computed.ltv > 1'\n"));
-        assert!(e.contains("audience \"b\"") && e.contains("computed trait \"ltv\""), "{e}");
+        assert!(
+            e.contains("audience \"b\"") && e.contains("computed trait \"ltv\""),
+            "{e}"
+        );
         let e = err_of("[job]\nname = \"bad name\"\n");
         assert!(e.contains("job.name") && e.contains("sources"), "{e}");
         let e = err_of("[job]\nname = 5\n");

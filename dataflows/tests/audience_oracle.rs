@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use differential_dataflow::input::Input;
 use rand::{Rng, SeedableRng};
 use weft_dataflows::audience::{
-    aggregate, compile_audience, contribution, evaluate_condition, Contribution, Members, ProfileInputs,
+    aggregate, compile_audience, contribution, evaluate_condition, Contribution, Members,
+    ProfileInputs,
 };
 use weft_dataflows::event::{parse_event, Event, ParseContext};
 use weft_dataflows::query::{parse_audience, Condition, ValueRef};
@@ -30,8 +31,14 @@ fn make_event(rng: &mut impl Rng, id: usize, e_ms: i64) -> Event {
         1 => ("track", "B"),
         _ => ("page", "Home"),
     };
-    let ts = chrono::DateTime::from_timestamp_millis(e_ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let name_field = if kind == "track" { format!(r#""event":"{name}""#) } else { format!(r#""name":"{name}""#) };
+    let ts = chrono::DateTime::from_timestamp_millis(e_ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let name_field = if kind == "track" {
+        format!(r#""event":"{name}""#)
+    } else {
+        format!(r#""name":"{name}""#)
+    };
     let line = format!(
         r#"{{"type":"{kind}",{name_field},"userId":"u","messageId":"m{id}","timestamp":"{ts}","properties":{{"v":{},"c":"{}"}}}}"#,
         rng.gen_range(0..10),
@@ -43,15 +50,42 @@ fn make_event(rng: &mut impl Rng, id: usize, e_ms: i64) -> Event {
 fn random_audiences(rng: &mut impl Rng) -> Vec<(String, Condition)> {
     let w = |rng: &mut dyn rand::RngCore| rng.gen_range(1..6) * 1000;
     let qs = vec![
-        format!(r#"count(track "A" within {}ms) >= {}"#, w(rng), rng.gen_range(1..3)),
-        format!(r#"count(track "B") >= {} or trait.plan = "pro""#, rng.gen_range(1..4)),
-        format!(r#"sum(properties.v from track within {}ms) > {} and not audience("a0")"#, w(rng), rng.gen_range(0..12)),
-        format!(r#"max(properties.v from any within {}ms) >= {}"#, w(rng), rng.gen_range(3..9)),
-        format!(r#"count(page where properties.c = "x" within {}ms) = 0 and trait.plan exists"#, w(rng)),
-        format!(r#"most_frequent(properties.c from any within {}ms) = "y" or audience("a1")"#, w(rng)),
-        format!(r#"unique_count(properties.v from track "A") >= {}"#, rng.gen_range(1..4)),
+        format!(
+            r#"count(track "A" within {}ms) >= {}"#,
+            w(rng),
+            rng.gen_range(1..3)
+        ),
+        format!(
+            r#"count(track "B") >= {} or trait.plan = "pro""#,
+            rng.gen_range(1..4)
+        ),
+        format!(
+            r#"sum(properties.v from track within {}ms) > {} and not audience("a0")"#,
+            w(rng),
+            rng.gen_range(0..12)
+        ),
+        format!(
+            r#"max(properties.v from any within {}ms) >= {}"#,
+            w(rng),
+            rng.gen_range(3..9)
+        ),
+        format!(
+            r#"count(page where properties.c = "x" within {}ms) = 0 and trait.plan exists"#,
+            w(rng)
+        ),
+        format!(
+            r#"most_frequent(properties.c from any within {}ms) = "y" or audience("a1")"#,
+            w(rng)
+        ),
+        format!(
+            r#"unique_count(properties.v from track "A") >= {}"#,
+            rng.gen_range(1..4)
+        ),
     ];
-    qs.into_iter().enumerate().map(|(i, q)| (format!("a{i}"), parse_audience(&q).unwrap())).collect()
+    qs.into_iter()
+        .enumerate()
+        .map(|(i, q)| (format!("a{i}"), parse_audience(&q).unwrap()))
+        .collect()
 }
 
 /// Leaf values of a condition for one profile, computed naively.
@@ -75,7 +109,9 @@ fn naive_leaf_values(
     walk(c, &mut ls);
     ls.iter()
         .map(|leaf| match leaf {
-            Condition::Audience(a) => members.get(a).and_then(|m| m.contains(&profile).then_some(AggValue::Bool(true))),
+            Condition::Audience(a) => members
+                .get(a)
+                .and_then(|m| m.contains(&profile).then_some(AggValue::Bool(true))),
             Condition::Test(ValueRef::Trait(_), _) => plan.map(|p| AggValue::Str(p.to_string())),
             Condition::Test(ValueRef::Agg(a), _) => {
                 let cs: Vec<Contribution> = present
@@ -110,7 +146,12 @@ fn run_case(seed: u64, workers: usize) {
         for _ in 0..rng.gen_range(0..5) {
             let e = t as i64 + rng.gen_range(-4000..1500);
             let id = evs.len();
-            evs.push(Ev { profile: rng.gen_range(0..profiles), event: make_event(&mut rng, id, e.max(0)), arrive: t, retract: None });
+            evs.push(Ev {
+                profile: rng.gen_range(0..profiles),
+                event: make_event(&mut rng, id, e.max(0)),
+                arrive: t,
+                retract: None,
+            });
         }
         // Occasionally retract an earlier event.
         if !evs.is_empty() && rng.gen_bool(0.3) {
@@ -142,19 +183,24 @@ fn run_case(seed: u64, workers: usize) {
             let (p_in, profiles) = scope.new_collection::<u32, isize>();
             let (e_in, events) = scope.new_collection::<(u32, Event), isize>();
             let (t_in, traits) = scope.new_collection::<(u32, (String, String)), isize>();
-            let inputs = ProfileInputs { profiles, events, traits };
+            let inputs = ProfileInputs {
+                profiles,
+                events,
+                traits,
+            };
             let mut compiled: BTreeMap<String, Members<'_, u32>> = BTreeMap::new();
             for (name, cond) in &auds {
                 let m = compile_audience(&inputs, cond, &BTreeMap::new(), &compiled).unwrap();
                 let (n, s) = (name.clone(), sink.clone());
-                m.clone().sink_by_time(&format!("Sink:{name}"), SinkTarget::Worker(0), move |ev| {
-                    if let SinkEvent::Updates { time, updates } = ev {
-                        let mut s = s.lock().unwrap();
-                        for (p, d) in updates {
-                            s.push((*time, n.clone(), *p, *d));
+                m.clone()
+                    .sink_by_time(&format!("Sink:{name}"), SinkTarget::Worker(0), move |ev| {
+                        if let SinkEvent::Updates { time, updates } = ev {
+                            let mut s = s.lock().unwrap();
+                            for (p, d) in updates {
+                                s.push((*time, n.clone(), *p, *d));
+                            }
                         }
-                    }
-                });
+                    });
                 compiled.insert(name.clone(), m);
             }
             (p_in, e_in, t_in)
@@ -164,7 +210,11 @@ fn run_case(seed: u64, workers: usize) {
                 p_in.insert(p);
             }
         }
-        let mut times: BTreeSet<u64> = evs2.iter().flat_map(|e| [Some(e.arrive), e.retract]).flatten().collect();
+        let mut times: BTreeSet<u64> = evs2
+            .iter()
+            .flat_map(|e| [Some(e.arrive), e.retract])
+            .flatten()
+            .collect();
         times.extend(plans2.iter().flat_map(|(_, a, b)| [Some(*a), *b]).flatten());
         for t in times {
             p_in.advance_to(t);
@@ -215,7 +265,10 @@ fn run_case(seed: u64, workers: usize) {
             }
         }
         live.retain(|_, d| *d != 0);
-        assert!(live.values().all(|d| *d == 1), "seed {seed}: multiplicities {live:?}");
+        assert!(
+            live.values().all(|d| *d == 1),
+            "seed {seed}: multiplicities {live:?}"
+        );
         let got: BTreeSet<(String, u32)> = live.into_keys().collect();
 
         let window_present = |ev: &Ev, w: u64| {
@@ -238,8 +291,12 @@ fn run_case(seed: u64, workers: usize) {
                     .map(|e| (e, e.retract.is_none_or(|r| t < r)))
                     .collect();
                 // Non-windowed leaves see only unretracted events; windowed ones use window_present.
-                let unretracted: Vec<(&Ev, bool)> = present.iter().filter(|(_, live)| *live).cloned().collect();
-                let plan = plans.iter().find(|(q, from, until)| *q == p && *from <= t && until.is_none_or(|u| t < u)).map(|_| "pro");
+                let unretracted: Vec<(&Ev, bool)> =
+                    present.iter().filter(|(_, live)| *live).cloned().collect();
+                let plan = plans
+                    .iter()
+                    .find(|(q, from, until)| *q == p && *from <= t && until.is_none_or(|u| t < u))
+                    .map(|_| "pro");
                 let wp = |ev: &Ev, w: u64| window_present(ev, w);
                 // Windowed leaves consider every arrived event (retraction handled in window_present).
                 let values_windowed = naive_leaf_values(cond, &present, &wp, plan, &members, p);
@@ -258,7 +315,9 @@ fn run_case(seed: u64, workers: usize) {
                     .iter()
                     .enumerate()
                     .map(|(i, l)| match l {
-                        Condition::Test(ValueRef::Agg(a), _) if a.events.window.is_some() => values_windowed[i].clone(),
+                        Condition::Test(ValueRef::Agg(a), _) if a.events.window.is_some() => {
+                            values_windowed[i].clone()
+                        }
                         _ => values_plain[i].clone(),
                     })
                     .collect();

@@ -62,10 +62,21 @@ impl Gen {
     }
 
     fn json(&self) -> String {
-        let mut f = vec![format!("\"type\":{}", js(self.kind)), format!("\"messageId\":{}", js(&self.message_id))];
-        let iso = chrono::DateTime::from_timestamp_millis(self.time_ms).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let mut f = vec![
+            format!("\"type\":{}", js(self.kind)),
+            format!("\"messageId\":{}", js(&self.message_id)),
+        ];
+        let iso = chrono::DateTime::from_timestamp_millis(self.time_ms)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
         f.push(format!("\"timestamp\":{}", js(&iso)));
-        for (k, v) in [("userId", &self.user), ("anonymousId", &self.anon), ("previousId", &self.previous), ("groupId", &self.group)] {
+        for (k, v) in [
+            ("userId", &self.user),
+            ("anonymousId", &self.anon),
+            ("previousId", &self.previous),
+            ("groupId", &self.group),
+        ] {
             if let Some(v) = v {
                 f.push(format!("{}:{}", js(k), js(v)));
             }
@@ -81,7 +92,11 @@ impl Gen {
             cx.push(format!("\"device\":{{\"id\":{}}}", js(d)));
         }
         if !self.external.is_empty() {
-            let xs: Vec<String> = self.external.iter().map(|(t, id)| format!("{{\"id\":{},\"type\":{}}}", js(id), js(t))).collect();
+            let xs: Vec<String> = self
+                .external
+                .iter()
+                .map(|(t, id)| format!("{{\"id\":{},\"type\":{}}}", js(id), js(t)))
+                .collect();
             cx.push(format!("\"externalIds\":[{}]", xs.join(",")));
         }
         if !cx.is_empty() {
@@ -89,7 +104,10 @@ impl Gen {
         }
         let traits = self.trait_pairs();
         if !traits.is_empty() {
-            let ts: Vec<String> = traits.iter().map(|(k, v)| format!("{}:{}", js(k), v)).collect();
+            let ts: Vec<String> = traits
+                .iter()
+                .map(|(k, v)| format!("{}:{}", js(k), v))
+                .collect();
             f.push(format!("\"traits\":{{{}}}", ts.join(",")));
         }
         format!("{{{}}}", f.join(","))
@@ -97,7 +115,8 @@ impl Gen {
 
     fn event(&self) -> Event {
         let json = self.json();
-        parse_event(json.as_bytes(), &ParseContext::default()).unwrap_or_else(|e| panic!("{json}: {e}"))
+        parse_event(json.as_bytes(), &ParseContext::default())
+            .unwrap_or_else(|e| panic!("{json}: {e}"))
     }
 }
 
@@ -114,7 +133,9 @@ fn pick(rng: &mut SmallRng, prefix: &str, n: usize, p: f64) -> Option<String> {
     }
     if rng.gen_bool(0.06) {
         // Blocked values.
-        return Some(["anonymous", "0", "null", "-1", "undefined", "000"][rng.gen_range(0..6)].to_string());
+        return Some(
+            ["anonymous", "0", "null", "-1", "undefined", "000"][rng.gen_range(0..6)].to_string(),
+        );
     }
     Some(format!("{prefix}{}", rng.gen_range(0..n)))
 }
@@ -123,11 +144,19 @@ fn generate(seed: u64) -> Case {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut spec = IdentitySpec::default();
     spec.limits.insert("user_id".into(), rng.gen_range(1..=2));
-    spec.limits.insert("email".into(), [1, 2, 5][rng.gen_range(0..3)]);
+    spec.limits
+        .insert("email".into(), [1, 2, 5][rng.gen_range(0..3)]);
     spec.limits.insert("device_id".into(), rng.gen_range(1..=3));
-    spec.limits.insert("anonymous_id".into(), [1, 3, 5][rng.gen_range(0..3)]);
-    spec.custom_kinds.push(CustomKind { name: "crm_id".into(), path: "traits.crm".into() });
-    spec.custom_kinds.push(CustomKind { name: "ios_idfa".into(), path: "external_id:idfa".into() });
+    spec.limits
+        .insert("anonymous_id".into(), [1, 3, 5][rng.gen_range(0..3)]);
+    spec.custom_kinds.push(CustomKind {
+        name: "crm_id".into(),
+        path: "traits.crm".into(),
+    });
+    spec.custom_kinds.push(CustomKind {
+        name: "ios_idfa".into(),
+        path: "external_id:idfa".into(),
+    });
     if rng.gen_bool(0.5) {
         spec.limits.insert("crm_id".into(), 1);
     }
@@ -135,7 +164,10 @@ fn generate(seed: u64) -> Case {
         spec.limits.remove("anonymous_id");
     }
     if rng.gen_bool(0.4) {
-        let mut p: Vec<String> = ["user_id", "email", "device_id", "anonymous_id", "crm_id"].iter().map(|s| s.to_string()).collect();
+        let mut p: Vec<String> = ["user_id", "email", "device_id", "anonymous_id", "crm_id"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         p.shuffle(&mut rng);
         p.truncate(rng.gen_range(0..=5));
         spec.priority = p;
@@ -167,7 +199,8 @@ fn generate(seed: u64) -> Case {
                 continue;
             }
             msg += 1;
-            let kind = ["track", "identify", "identify", "alias", "group", "page"][rng.gen_range(0..6)];
+            let kind =
+                ["track", "identify", "identify", "alias", "group", "page"][rng.gen_range(0..6)];
             let mut g = Gen {
                 kind,
                 user: pick(&mut rng, "u", users, 0.5),
@@ -176,7 +209,11 @@ fn generate(seed: u64) -> Case {
                 traits_email: pick(&mut rng, "e", emails, 0.25).map(|e| format!("{e}@x")),
                 device: pick(&mut rng, "d", devices, 0.35),
                 external: Vec::new(),
-                crm: if kind == "identify" { pick(&mut rng, "crm", 3, 0.2) } else { None },
+                crm: if kind == "identify" {
+                    pick(&mut rng, "crm", 3, 0.2)
+                } else {
+                    None
+                },
                 previous: None,
                 group: None,
                 traits: Vec::new(),
@@ -185,13 +222,15 @@ fn generate(seed: u64) -> Case {
             };
             for _ in 0..rng.gen_range(0..3) {
                 let t = ["idfa", "zendesk", "email", "group_id"][rng.gen_range(0..4)];
-                g.external.push((t.to_string(), format!("x{}", rng.gen_range(0..3))));
+                g.external
+                    .push((t.to_string(), format!("x{}", rng.gen_range(0..3))));
             }
             if kind == "identify" || kind == "group" {
                 for _ in 0..rng.gen_range(0..3) {
                     let k = ["plan", "name", "n"][rng.gen_range(0..3)];
                     if g.traits.iter().all(|(key, _)| key != k) {
-                        g.traits.push((k.to_string(), rng.gen_range(0..4).to_string()));
+                        g.traits
+                            .push((k.to_string(), rng.gen_range(0..4).to_string()));
                     }
                 }
             }
@@ -239,22 +278,38 @@ struct Rules {
 
 impl Rules {
     fn new(spec: &IdentitySpec) -> Rules {
-        let blocked = spec.blocked_values.iter().map(|b| regex::Regex::new(&format!("^(?:{b})$")).unwrap()).collect();
+        let blocked = spec
+            .blocked_values
+            .iter()
+            .map(|b| regex::Regex::new(&format!("^(?:{b})$")).unwrap())
+            .collect();
         let mut order: Vec<String> = Vec::new();
         let builtin = ["user_id", "email", "device_id", "anonymous_id"].map(String::from);
         let custom: Vec<String> = spec.custom_kinds.iter().map(|c| c.name.clone()).collect();
-        for k in spec.priority.iter().chain(builtin.iter()).chain(custom.iter()) {
+        for k in spec
+            .priority
+            .iter()
+            .chain(builtin.iter())
+            .chain(custom.iter())
+        {
             if !order.contains(k) {
                 order.push(k.clone());
             }
         }
-        Rules { blocked, order, limits: spec.limits.clone() }
+        Rules {
+            blocked,
+            order,
+            limits: spec.limits.clone(),
+        }
     }
     fn ok(&self, v: &str) -> bool {
         !self.blocked.iter().any(|r| r.is_match(v))
     }
     fn rank(&self, kind: &str) -> usize {
-        self.order.iter().position(|k| k == kind).unwrap_or(usize::MAX)
+        self.order
+            .iter()
+            .position(|k| k == kind)
+            .unwrap_or(usize::MAX)
     }
     fn limit(&self, kind: &str) -> Option<u32> {
         self.limits.get(kind).copied()
@@ -262,8 +317,17 @@ impl Rules {
     /// The event's identifiers `(rank, hash, kind)`, ordered, the anchor first.
     fn ids(&self, g: &Gen) -> Vec<(usize, IdHash, String)> {
         let mut raw: Vec<(String, String)> = Vec::new();
-        let email = if g.kind == "group" { g.ctx_email.clone() } else { g.ctx_email.clone().or(g.traits_email.clone()) };
-        for (k, v) in [("user_id", &g.user), ("anonymous_id", &g.anon), ("email", &email), ("device_id", &g.device)] {
+        let email = if g.kind == "group" {
+            g.ctx_email.clone()
+        } else {
+            g.ctx_email.clone().or(g.traits_email.clone())
+        };
+        for (k, v) in [
+            ("user_id", &g.user),
+            ("anonymous_id", &g.anon),
+            ("email", &email),
+            ("device_id", &g.device),
+        ] {
             if let Some(v) = v {
                 raw.push((k.to_string(), v.clone()));
             }
@@ -278,8 +342,11 @@ impl Rules {
         if let Some(c) = &g.crm {
             raw.push(("crm_id".to_string(), c.clone()));
         }
-        let mut ids: Vec<(usize, IdHash, String)> =
-            raw.into_iter().filter(|(_, v)| self.ok(v)).map(|(k, v)| (self.rank(&k), id_hash(&k, &v), k)).collect();
+        let mut ids: Vec<(usize, IdHash, String)> = raw
+            .into_iter()
+            .filter(|(_, v)| self.ok(v))
+            .map(|(k, v)| (self.rank(&k), id_hash(&k, &v), k))
+            .collect();
         ids.sort();
         ids.dedup_by_key(|x| x.1);
         ids
@@ -308,11 +375,16 @@ type Incident = (i64, IdHash, Edge);
 fn model(rules: &Rules, events: &[Gen]) -> Model {
     let mut first_seen: BTreeMap<IdHash, (i64, String)> = BTreeMap::new();
     let mut edges: BTreeMap<Edge, i64> = BTreeMap::new();
-    let add_edge = |edges: &mut BTreeMap<Edge, i64>, a: (IdHash, &str), b: (IdHash, &str), x: bool, t: i64| {
-        let e = if a.0 <= b.0 { (a.0, b.0, a.1.to_string(), b.1.to_string(), x) } else { (b.0, a.0, b.1.to_string(), a.1.to_string(), x) };
-        let m = edges.entry(e).or_insert(t);
-        *m = (*m).min(t);
-    };
+    let add_edge =
+        |edges: &mut BTreeMap<Edge, i64>, a: (IdHash, &str), b: (IdHash, &str), x: bool, t: i64| {
+            let e = if a.0 <= b.0 {
+                (a.0, b.0, a.1.to_string(), b.1.to_string(), x)
+            } else {
+                (b.0, a.0, b.1.to_string(), a.1.to_string(), x)
+            };
+            let m = edges.entry(e).or_insert(t);
+            *m = (*m).min(t);
+        };
     for g in events {
         let ids = rules.ids(g);
         for (_, h, k) in &ids {
@@ -325,7 +397,9 @@ fn model(rules: &Rules, events: &[Gen]) -> Model {
     }
     // Aliases, to identifiers that exist.
     for g in events.iter().filter(|g| g.kind == "alias") {
-        let (Some(prev), Some(user)) = (&g.previous, &g.user) else { continue };
+        let (Some(prev), Some(user)) = (&g.previous, &g.user) else {
+            continue;
+        };
         if !rules.ok(prev) || !rules.ok(user) {
             continue;
         }
@@ -344,10 +418,16 @@ fn model(rules: &Rules, events: &[Gen]) -> Model {
             continue;
         }
         if rules.limit(&e.3).is_some() {
-            incident.entry((e.0, e.3.clone())).or_default().push((*t, e.1, e.clone()));
+            incident
+                .entry((e.0, e.3.clone()))
+                .or_default()
+                .push((*t, e.1, e.clone()));
         }
         if rules.limit(&e.2).is_some() {
-            incident.entry((e.1, e.2.clone())).or_default().push((*t, e.0, e.clone()));
+            incident
+                .entry((e.1, e.2.clone()))
+                .or_default()
+                .push((*t, e.0, e.clone()));
         }
     }
     let mut rejected_by_end: BTreeSet<Edge> = BTreeSet::new();
@@ -374,14 +454,18 @@ fn model(rules: &Rules, events: &[Gen]) -> Model {
     // Greedy per-profile limits.
     let mut accepted: BTreeSet<(IdHash, IdHash)> = BTreeSet::new();
     let mut uf = Uf(BTreeMap::new());
-    let mut members: BTreeMap<IdHash, Vec<(IdHash, String)>> = first_seen.iter().map(|(h, (_, k))| (*h, vec![(*h, k.clone())])).collect();
+    let mut members: BTreeMap<IdHash, Vec<(IdHash, String)>> = first_seen
+        .iter()
+        .map(|(h, (_, k))| (*h, vec![(*h, k.clone())]))
+        .collect();
     for (_, _, _, lo, hi, explicit, (_, _, _, _, _)) in candidates {
         let (ra, rb) = (uf.find(lo), uf.find(hi));
         if ra == rb {
             accepted.insert((lo, hi));
             continue;
         }
-        let count = |m: &Vec<(IdHash, String)>, k: &str| m.iter().filter(|(_, kk)| kk == k).count() as u32;
+        let count =
+            |m: &Vec<(IdHash, String)>, k: &str| m.iter().filter(|(_, kk)| kk == k).count() as u32;
         let fits = explicit
             || rules.limits.iter().all(|(k, lim)| {
                 let (ca, cb) = (count(&members[&ra], k), count(&members[&rb], k));
@@ -402,7 +486,10 @@ fn model(rules: &Rules, events: &[Gen]) -> Model {
         let o = oldest.entry(r).or_insert(me);
         *o = (*o).min(me);
     }
-    let mut m = Model { accepted, ..Model::default() };
+    let mut m = Model {
+        accepted,
+        ..Model::default()
+    };
     for h in first_seen.keys() {
         let r = uf.find(*h);
         m.profiles.insert(*h, oldest[&r].2);
@@ -413,7 +500,10 @@ fn model(rules: &Rules, events: &[Gen]) -> Model {
     for g in events {
         let ids = rules.ids(g);
         let anchor = ids.first().map(|x| m.profiles[&x.1]);
-        let cands = g.trait_pairs().into_iter().map(|(k, v)| (k, (g.time_ms, g.message_id.clone(), v)));
+        let cands = g
+            .trait_pairs()
+            .into_iter()
+            .map(|(k, v)| (k, (g.time_ms, g.message_id.clone(), v)));
         if g.kind == "identify" {
             if let Some(p) = anchor {
                 for (k, c) in cands {
@@ -422,7 +512,9 @@ fn model(rules: &Rules, events: &[Gen]) -> Model {
                 }
             }
         } else if g.kind == "group" {
-            let Some(gid) = g.group.as_ref().filter(|v| rules.ok(v)) else { continue };
+            let Some(gid) = g.group.as_ref().filter(|v| rules.ok(v)) else {
+                continue;
+            };
             let gh = id_hash("group_id", gid);
             if let Some(p) = anchor {
                 m.accounts.insert((p, gh));
@@ -453,7 +545,12 @@ fn changes(before: &Map, after: &Map) -> Vec<ComponentChange<IdHash>> {
         if sources.len() >= 2 {
             for ((q, _), n) in &sources {
                 if *q != x {
-                    out.push(ComponentChange { kind: ChangeKind::Merged, from: *q, into: x, nodes: **n });
+                    out.push(ComponentChange {
+                        kind: ChangeKind::Merged,
+                        from: *q,
+                        into: x,
+                        nodes: **n,
+                    });
                 }
             }
         }
@@ -461,7 +558,12 @@ fn changes(before: &Map, after: &Map) -> Vec<ComponentChange<IdHash>> {
         if targets.len() >= 2 {
             for ((_, r), n) in &targets {
                 if *r != x {
-                    out.push(ComponentChange { kind: ChangeKind::Split, from: x, into: *r, nodes: **n });
+                    out.push(ComponentChange {
+                        kind: ChangeKind::Split,
+                        from: x,
+                        into: *r,
+                        nodes: **n,
+                    });
                 }
             }
         }
@@ -488,8 +590,12 @@ fn run(case: &Case, workers: usize, all_feed: bool) -> Outputs {
     let outs = Outputs::default();
     let o = outs.clone();
     type Steps = Vec<(u64, Vec<(Event, isize)>)>;
-    let times: Arc<Steps> =
-        Arc::new(case.times.iter().map(|(t, u)| (*t, u.iter().map(|(g, r)| (g.event(), *r)).collect())).collect());
+    let times: Arc<Steps> = Arc::new(
+        case.times
+            .iter()
+            .map(|(t, u)| (*t, u.iter().map(|(g, r)| (g.event(), *r)).collect()))
+            .collect(),
+    );
     let spec = case.spec.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
@@ -502,13 +608,16 @@ fn run(case: &Case, workers: usize, all_feed: bool) -> Outputs {
             let a = o.accepted.clone();
             out.accepted.inspect(move |x| a.lock().unwrap().push(*x));
             let c = o.changes.clone();
-            out.changes.inspect(move |x| c.lock().unwrap().push(x.clone()));
+            out.changes
+                .inspect(move |x| c.lock().unwrap().push(x.clone()));
             let t = o.traits.clone();
-            out.traits.inspect(move |x| t.lock().unwrap().push(x.clone()));
+            out.traits
+                .inspect(move |x| t.lock().unwrap().push(x.clone()));
             let a = o.accounts.clone();
             out.accounts.inspect(move |x| a.lock().unwrap().push(*x));
             let at = o.account_traits.clone();
-            out.account_traits.inspect(move |x| at.lock().unwrap().push(x.clone()));
+            out.account_traits
+                .inspect(move |x| at.lock().unwrap().push(x.clone()));
             input
         });
         for (time, updates) in times.iter() {
@@ -558,36 +667,67 @@ fn check(seed: u64, workers: usize, all_feed: bool) -> Result<(), String> {
         for (g, r) in updates {
             *live.entry(g.clone()).or_default() += r;
         }
-        let events: Vec<Gen> = live.iter().filter(|(_, c)| **c > 0).map(|(g, _)| g.clone()).collect();
+        let events: Vec<Gen> = live
+            .iter()
+            .filter(|(_, c)| **c > 0)
+            .map(|(g, _)| g.clone())
+            .collect();
         let want = model(&rules, &events);
         let got = accumulate(&profiles, *time);
         if got != ones(want.profiles.iter().map(|(a, b)| (*a, *b))) {
-            return Err(format!("profiles differ at time {time}:\n got  {got:?}\n want {:?}\n events {events:#?}", want.profiles));
+            return Err(format!(
+                "profiles differ at time {time}:\n got  {got:?}\n want {:?}\n events {events:#?}",
+                want.profiles
+            ));
         }
         let got = accumulate(&accepted, *time);
         if got != ones(want.accepted.iter().copied()) {
-            return Err(format!("accepted edges differ at time {time}:\n got  {got:?}\n want {:?}", want.accepted));
+            return Err(format!(
+                "accepted edges differ at time {time}:\n got  {got:?}\n want {:?}",
+                want.accepted
+            ));
         }
         let got = accumulate(&traits, *time);
-        let want_traits = ones(want.traits.iter().map(|((p, k), v)| ((*p, k.as_str().into()), v.as_str().into())));
+        let want_traits = ones(
+            want.traits
+                .iter()
+                .map(|((p, k), v)| ((*p, k.as_str().into()), v.as_str().into())),
+        );
         if got != want_traits {
-            return Err(format!("traits differ at time {time}:\n got  {got:?}\n want {want_traits:?}"));
+            return Err(format!(
+                "traits differ at time {time}:\n got  {got:?}\n want {want_traits:?}"
+            ));
         }
         let got = accumulate(&accounts, *time);
         if got != ones(want.accounts.iter().copied()) {
-            return Err(format!("accounts differ at time {time}:\n got  {got:?}\n want {:?}", want.accounts));
+            return Err(format!(
+                "accounts differ at time {time}:\n got  {got:?}\n want {:?}",
+                want.accounts
+            ));
         }
         let got = accumulate(&account_traits, *time);
-        let want_at = ones(want.account_traits.iter().map(|((p, k), v)| ((*p, k.as_str().into()), v.as_str().into())));
+        let want_at = ones(
+            want.account_traits
+                .iter()
+                .map(|((p, k), v)| ((*p, k.as_str().into()), v.as_str().into())),
+        );
         if got != want_at {
-            return Err(format!("account traits differ at time {time}:\n got  {got:?}\n want {want_at:?}"));
+            return Err(format!(
+                "account traits differ at time {time}:\n got  {got:?}\n want {want_at:?}"
+            ));
         }
-        want_changes.extend(changes(&before, &want.profiles).into_iter().map(|c| (c, *time, 1)));
+        want_changes.extend(
+            changes(&before, &want.profiles)
+                .into_iter()
+                .map(|c| (c, *time, 1)),
+        );
         before = want.profiles;
     }
     want_changes.sort();
     if got_changes != want_changes {
-        return Err(format!("merges/splits differ:\n got  {got_changes:?}\n want {want_changes:?}"));
+        return Err(format!(
+            "merges/splits differ:\n got  {got_changes:?}\n want {want_changes:?}"
+        ));
     }
     Ok(())
 }
@@ -613,7 +753,10 @@ fn identity_matches_the_model_four_workers() {
     for seed in seeds(5000..5100) {
         for all_feed in [false, true] {
             if let Err(e) = check(seed, 4, all_feed) {
-                panic!("seed {seed} (rerun with IDENTITY_SEED={seed}), 4 workers, fed from {}: {e}", if all_feed { "all" } else { "one" });
+                panic!(
+                    "seed {seed} (rerun with IDENTITY_SEED={seed}), 4 workers, fed from {}: {e}",
+                    if all_feed { "all" } else { "one" }
+                );
             }
         }
     }

@@ -30,11 +30,14 @@ use timely::worker::Worker;
 use weft_connectors::file_sink::{JsonLinesSink, SegmentAudienceSink};
 use weft_connectors::file_source::FileSourceConfig;
 use weft_connectors::kafka::admin::create_topic;
-use weft_connectors::kafka::{DeadLetterSink, KafkaError, KafkaKey, KafkaSink, KafkaSinkConfig, KafkaSourceConfig};
+use weft_connectors::kafka::{
+    DeadLetterSink, KafkaError, KafkaKey, KafkaSink, KafkaSinkConfig, KafkaSourceConfig,
+};
 use weft_connectors::sink::Sink;
 use weft_connectors::source::{Decoded, PartProgress, Poll, SourcePart};
 use weft_dataflows::audience::{
-    compile_aggregate, compile_audience, AggValue, Members, Membership, ProfileInputs, TraitValue, TraitValues,
+    compile_aggregate, compile_audience, AggValue, Members, Membership, ProfileInputs, TraitValue,
+    TraitValues,
 };
 use weft_dataflows::event::Event;
 use weft_dataflows::identity::{
@@ -43,9 +46,11 @@ use weft_dataflows::identity::{
 use weft_dataflows::ingest::ingest;
 use weft_dataflows::query::{parse_audience, parse_computed_trait};
 use weft_dataflows::record::{CountKey, WriteJson};
-use weft_dataflows::spec::{DedupeSpec, JobSpec, LatePolicySpec, OutputName, SinkFormat, SinkSpec, SourceSpec};
-use weft_operators::dedupe::{DedupeConfig, LatePolicy};
+use weft_dataflows::spec::{
+    DedupeSpec, JobSpec, LatePolicySpec, OutputName, SinkFormat, SinkSpec, SourceSpec,
+};
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
+use weft_operators::dedupe::{DedupeConfig, LatePolicy};
 use weft_operators::reclock::Reclock;
 
 use crate::runtime::{JobId, JobMetrics, Shared};
@@ -69,7 +74,10 @@ struct ProfileOutputs<'s> {
 ///     │                      │
 ///     └─ anchor id ──────────┴─ join ─► (profile, event) ─► computed traits ─► audiences
 /// ```
-fn build_profiles<'s>(events: VecCollection<'s, u64, Event, isize>, spec: &JobSpec) -> Result<ProfileOutputs<'s>, String> {
+fn build_profiles<'s>(
+    events: VecCollection<'s, u64, Event, isize>,
+    spec: &JobSpec,
+) -> Result<ProfileOutputs<'s>, String> {
     let ids = identity(events.clone(), &spec.identity)?;
     // Each event belongs to the profile of its anchor identifier (userId, else anonymousId, ...).
     let rules = std::rc::Rc::new(IdentityRules::new(&spec.identity)?);
@@ -80,7 +88,10 @@ fn build_profiles<'s>(events: VecCollection<'s, u64, Event, isize>, spec: &JobSp
     let inputs = ProfileInputs {
         profiles: ids.profiles.clone().map(|(_, p)| p).distinct(),
         events: profile_events,
-        traits: ids.traits.clone().map(|((p, k), v)| (p, (k.to_string(), v.to_string()))),
+        traits: ids
+            .traits
+            .clone()
+            .map(|((p, k), v)| (p, (k.to_string(), v.to_string()))),
     };
     let mut computed: BTreeMap<String, TraitValues<'s, ProfileId>> = BTreeMap::new();
     let mut computed_out = Vec::new();
@@ -103,14 +114,27 @@ fn build_profiles<'s>(events: VecCollection<'s, u64, Event, isize>, spec: &JobSp
     let scope = inputs.profiles.scope();
     let audiences_out = differential_dataflow::collection::concatenate(scope, members_out)
         .arrange_by_key_named("NameMembers")
-        .join_core(ids.identifiers.clone(), |_p, audience: &String, ident: &Identifier| {
-            Some(Membership { audience: audience.clone(), profile: format!("{}:{}", ident.kind, ident.value) })
-        });
+        .join_core(
+            ids.identifiers.clone(),
+            |_p, audience: &String, ident: &Identifier| {
+                Some(Membership {
+                    audience: audience.clone(),
+                    profile: format!("{}:{}", ident.kind, ident.value),
+                })
+            },
+        );
     let computed_out = differential_dataflow::collection::concatenate(scope, computed_out)
         .arrange_by_key_named("NameComputed")
-        .join_core(ids.identifiers.clone(), |_p, (name, value): &(String, AggValue), ident| {
-            Some(TraitValue { name: name.clone(), profile: format!("{}:{}", ident.kind, ident.value), value: value.clone() })
-        });
+        .join_core(
+            ids.identifiers.clone(),
+            |_p, (name, value): &(String, AggValue), ident| {
+                Some(TraitValue {
+                    name: name.clone(),
+                    profile: format!("{}:{}", ident.kind, ident.value),
+                    value: value.clone(),
+                })
+            },
+        );
     Ok(ProfileOutputs {
         identities: ids.profile_records(),
         changes: ids.change_records(),
@@ -162,7 +186,12 @@ impl RunningJob {
 }
 
 /// Builds `spec`'s dataflow on this worker.
-pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Shared>) -> RunningJob {
+pub fn build_job(
+    worker: &mut Worker,
+    id: JobId,
+    spec: &JobSpec,
+    shared: &Arc<Shared>,
+) -> RunningJob {
     let index = worker.index();
     let peers = worker.peers();
     let name = spec.job.name.clone();
@@ -179,7 +208,12 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
         let mut decoded = Vec::new();
         for (file_index, src) in spec.sources.iter().enumerate() {
             match src {
-                SourceSpec::File { name: src_name, path, compression, chunk_bytes } => {
+                SourceSpec::File {
+                    name: src_name,
+                    path,
+                    compression,
+                    chunk_bytes,
+                } => {
                     let config = FileSourceConfig {
                         name: src_name.clone(),
                         path: path.clone(),
@@ -198,15 +232,27 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
                     };
                     if index == 0 {
                         if let Some(p) = &part {
-                            metrics.total.fetch_add(p.progress().total.unwrap_or(0), Ordering::Relaxed);
+                            metrics
+                                .total
+                                .fetch_add(p.progress().total.unwrap_or(0), Ordering::Relaxed);
                         }
                     }
                     // Files are replays: move chunk (position) times to the
                     // watermark of the events' receive clock.
-                    let records = source_operator(scope, src_name, part, &stop, &activators, &metrics);
-                    decoded.push(records.reclock_to_watermark(&format!("Reclock:{src_name}"), replay_clock));
+                    let records =
+                        source_operator(scope, src_name, part, &stop, &activators, &metrics);
+                    decoded.push(
+                        records.reclock_to_watermark(&format!("Reclock:{src_name}"), replay_clock),
+                    );
                 }
-                SourceSpec::Kafka { name: src_name, brokers, topics, tick, bounded, options } => {
+                SourceSpec::Kafka {
+                    name: src_name,
+                    brokers,
+                    topics,
+                    tick,
+                    bounded,
+                    options,
+                } => {
                     // Live: the source binds offsets to ingestion time itself (and
                     // records the bindings), so no reclocking here.
                     let config = KafkaSourceConfig {
@@ -214,7 +260,11 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
                         brokers: brokers.clone().unwrap_or_default(),
                         topics: topics.clone(),
                         options: options.clone(),
-                        state_dir: spec.job.state_dir.clone().unwrap_or_else(|| ".weft-state".into()),
+                        state_dir: spec
+                            .job
+                            .state_dir
+                            .clone()
+                            .unwrap_or_else(|| ".weft-state".into()),
                         tick_ms: tick.0,
                         bounded: *bounded,
                         source_index: file_index,
@@ -222,11 +272,22 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
                     let part = match config.part(index, peers) {
                         Ok(p) => Some(p),
                         Err(e) => {
-                            shared.job_error(id, &name, format!("source {src_name} (worker {index}): {e}"));
+                            shared.job_error(
+                                id,
+                                &name,
+                                format!("source {src_name} (worker {index}): {e}"),
+                            );
                             None
                         }
                     };
-                    decoded.push(source_operator(scope, src_name, part, &stop, &activators, &metrics));
+                    decoded.push(source_operator(
+                        scope,
+                        src_name,
+                        part,
+                        &stop,
+                        &activators,
+                        &metrics,
+                    ));
                 }
             }
         }
@@ -234,13 +295,24 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
 
         // STEP 2. The ingest dataflow.
         let dedupe = spec.dedupe.enabled.then(|| {
-            let DedupeSpec { enabled: _, window, key: _, max_memory_mb, late } = &spec.dedupe;
+            let DedupeSpec {
+                enabled: _,
+                window,
+                key: _,
+                max_memory_mb,
+                late,
+            } = &spec.dedupe;
             let mut config = DedupeConfig::new(window.0).with_late_policy(match late {
                 LatePolicySpec::Pass => LatePolicy::Pass,
                 LatePolicySpec::Drop => LatePolicy::Drop,
             });
             if let Some(mb) = max_memory_mb {
-                let dir = spec.job.state_dir.clone().unwrap_or_else(|| ".weft-state".into()).join("dedupe-spill");
+                let dir = spec
+                    .job
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(|| ".weft-state".into())
+                    .join("dedupe-spill");
                 config = config.with_spill(dir, (*mb as usize) << 20);
             }
             (config, metrics.dedupe.clone())
@@ -257,13 +329,20 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
         ];
         let needs_profiles = !spec.audiences.is_empty()
             || !spec.traits.is_empty()
-            || spec.sinks.iter().any(|s| profile_outputs.contains(&s.output()));
+            || spec
+                .sinks
+                .iter()
+                .any(|s| profile_outputs.contains(&s.output()));
         let profiles = if needs_profiles {
             match build_profiles(outputs.events.clone(), spec) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     if index == 0 {
-                        shared.job_error(id, &name, format!("identity and audiences are not running: {e}"));
+                        shared.job_error(
+                            id,
+                            &name,
+                            format!("identity and audiences are not running: {e}"),
+                        );
                     }
                     None
                 }
@@ -275,7 +354,14 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
         // STEP 4. Sinks, then the summary (final counts for the controller).
         for sink in &spec.sinks {
             sinks_total += 1;
-            let cx = SinkContext { job: id, job_name: &name, index, shared, metrics: &metrics, done: &sinks_done };
+            let cx = SinkContext {
+                job: id,
+                job_name: &name,
+                index,
+                shared,
+                metrics: &metrics,
+                done: &sinks_done,
+            };
             match (sink.output(), &profiles) {
                 (OutputName::Events, _) => attach_sink(outputs.events.clone(), sink, &cx),
                 (OutputName::Errors, _) => attach_sink(outputs.errors.clone(), sink, &cx),
@@ -285,43 +371,63 @@ pub fn build_job(worker: &mut Worker, id: JobId, spec: &JobSpec, shared: &Arc<Sh
                 (OutputName::ProfileTraits, Some(p)) => attach_sink(p.traits.clone(), sink, &cx),
                 (OutputName::Audiences, Some(p)) => attach_sink(p.audiences.clone(), sink, &cx),
                 (OutputName::ComputedTraits, Some(p)) => attach_sink(p.computed.clone(), sink, &cx),
-                (OutputName::Identities, None) => attach_sink::<ProfileRecord>(empty(scope), sink, &cx),
-                (OutputName::ProfileChanges, None) => attach_sink::<ProfileChangeRecord>(empty(scope), sink, &cx),
-                (OutputName::ProfileTraits, None) => attach_sink::<TraitRecord>(empty(scope), sink, &cx),
+                (OutputName::Identities, None) => {
+                    attach_sink::<ProfileRecord>(empty(scope), sink, &cx)
+                }
+                (OutputName::ProfileChanges, None) => {
+                    attach_sink::<ProfileChangeRecord>(empty(scope), sink, &cx)
+                }
+                (OutputName::ProfileTraits, None) => {
+                    attach_sink::<TraitRecord>(empty(scope), sink, &cx)
+                }
                 (OutputName::Audiences, None) => attach_sink::<Membership>(empty(scope), sink, &cx),
-                (OutputName::ComputedTraits, None) => attach_sink::<TraitValue>(empty(scope), sink, &cx),
+                (OutputName::ComputedTraits, None) => {
+                    attach_sink::<TraitValue>(empty(scope), sink, &cx)
+                }
             }
         }
         sinks_total += 1;
         let done = sinks_done.clone();
         let summary = counts.clone();
         let mut acc: BTreeMap<CountKey, isize> = BTreeMap::new();
-        outputs.counts.sink_by_time("Summary", SinkTarget::Worker(0), move |ev| match ev {
-            SinkEvent::Updates { updates, .. } => {
-                for ((key, count), diff) in updates {
-                    *acc.entry(key.clone()).or_default() += count * diff;
-                }
-                acc.retain(|_, v| *v != 0);
-            }
-            SinkEvent::Progress { frontier } => {
-                if frontier.is_empty() {
-                    if index == 0 {
-                        *summary.borrow_mut() = Some(std::mem::take(&mut acc));
+        outputs
+            .counts
+            .sink_by_time("Summary", SinkTarget::Worker(0), move |ev| match ev {
+                SinkEvent::Updates { updates, .. } => {
+                    for ((key, count), diff) in updates {
+                        *acc.entry(key.clone()).or_default() += count * diff;
                     }
-                    done.set(done.get() + 1);
+                    acc.retain(|_, v| *v != 0);
                 }
-            }
-        });
+                SinkEvent::Progress { frontier } => {
+                    if frontier.is_empty() {
+                        if index == 0 {
+                            *summary.borrow_mut() = Some(std::mem::take(&mut acc));
+                        }
+                        done.set(done.get() + 1);
+                    }
+                }
+            });
     });
 
-    RunningJob { name, dataflow_index, stop, activators, sinks_total, sinks_done, counts }
+    RunningJob {
+        name,
+        dataflow_index,
+        stop,
+        activators,
+        sinks_total,
+        sinks_done,
+        counts,
+    }
 }
 
 /// The clock a replayed event contributes to the watermark: when it was
 /// received (what a live run's ingestion clock would have read), else its
 /// event time. Rejected records do not move the clock.
 fn replay_clock(d: &Decoded) -> Option<u64> {
-    d.as_ref().ok().map(|e| e.received_at_ms.unwrap_or(e.time_ms).max(0) as u64)
+    d.as_ref()
+        .ok()
+        .map(|e| e.received_at_ms.unwrap_or(e.time_ms).max(0) as u64)
 }
 
 /// A timely source operator around one worker's part of a source.
@@ -335,53 +441,61 @@ fn source_operator<'s, P: SourcePart + 'static>(
 ) -> VecCollection<'s, u64, Decoded, isize> {
     let stop = stop.clone();
     let metrics = metrics.clone();
-    source::<_, CapacityContainerBuilder<Vec<(Decoded, u64, isize)>>, _, _>(scope, &format!("Source:{name}"), |cap, info| {
-        let activator = scope.activator_for(info.address);
-        activators.borrow_mut().push(activator.clone());
-        let mut cap = Some(cap);
-        let mut part = part;
-        let mut buf: Vec<(Decoded, u64)> = Vec::with_capacity(SOURCE_BATCH);
-        let mut reported = PartProgress::default();
-        move |output| {
-            let (Some(c), Some(p)) = (cap.as_mut(), part.as_mut()) else {
-                cap = None;
-                return;
-            };
-            if stop.get() {
-                cap = None;
-                return;
-            }
-            let poll = p.poll(&mut buf, SOURCE_BATCH);
-            let mut rejected = 0u64;
-            let mut records = buf.drain(..).peekable();
-            while let Some((first, time)) = records.next() {
-                let at = c.delayed(&time);
-                let mut session = output.session(&at);
-                rejected += u64::from(first.is_err());
-                session.give((first, time, 1));
-                while let Some((d, t)) = records.next_if(|(_, t)| *t == time) {
-                    rejected += u64::from(d.is_err());
-                    session.give((d, t, 1));
+    source::<_, CapacityContainerBuilder<Vec<(Decoded, u64, isize)>>, _, _>(
+        scope,
+        &format!("Source:{name}"),
+        |cap, info| {
+            let activator = scope.activator_for(info.address);
+            activators.borrow_mut().push(activator.clone());
+            let mut cap = Some(cap);
+            let mut part = part;
+            let mut buf: Vec<(Decoded, u64)> = Vec::with_capacity(SOURCE_BATCH);
+            let mut reported = PartProgress::default();
+            move |output| {
+                let (Some(c), Some(p)) = (cap.as_mut(), part.as_mut()) else {
+                    cap = None;
+                    return;
+                };
+                if stop.get() {
+                    cap = None;
+                    return;
                 }
-            }
-            let now = p.progress();
-            metrics.records.fetch_add(now.records - reported.records, Ordering::Relaxed);
-            metrics.consumed.fetch_add(now.consumed - reported.consumed, Ordering::Relaxed);
-            metrics.rejected.fetch_add(rejected, Ordering::Relaxed);
-            reported = now;
-            match poll {
-                Poll::Done => cap = None,
-                Poll::Pending { lower, idle } => {
-                    c.downgrade(&lower);
-                    if idle {
-                        activator.activate_after(SOURCE_IDLE_POLL);
-                    } else {
-                        activator.activate();
+                let poll = p.poll(&mut buf, SOURCE_BATCH);
+                let mut rejected = 0u64;
+                let mut records = buf.drain(..).peekable();
+                while let Some((first, time)) = records.next() {
+                    let at = c.delayed(&time);
+                    let mut session = output.session(&at);
+                    rejected += u64::from(first.is_err());
+                    session.give((first, time, 1));
+                    while let Some((d, t)) = records.next_if(|(_, t)| *t == time) {
+                        rejected += u64::from(d.is_err());
+                        session.give((d, t, 1));
+                    }
+                }
+                let now = p.progress();
+                metrics
+                    .records
+                    .fetch_add(now.records - reported.records, Ordering::Relaxed);
+                metrics
+                    .consumed
+                    .fetch_add(now.consumed - reported.consumed, Ordering::Relaxed);
+                metrics.rejected.fetch_add(rejected, Ordering::Relaxed);
+                reported = now;
+                match poll {
+                    Poll::Done => cap = None,
+                    Poll::Pending { lower, idle } => {
+                        c.downgrade(&lower);
+                        if idle {
+                            activator.activate_after(SOURCE_IDLE_POLL);
+                        } else {
+                            activator.activate();
+                        }
                     }
                 }
             }
-        }
-    })
+        },
+    )
     .as_collection()
 }
 
@@ -413,7 +527,9 @@ impl SinkRecord for ProfileChangeRecord {}
 impl SinkRecord for TraitRecord {}
 impl SinkRecord for Membership {
     fn open_segment(path: &std::path::Path, track: bool) -> Result<Box<dyn Sink<Self>>, String> {
-        SegmentAudienceSink::create(path, track).map(|s| Box::new(s) as Box<dyn Sink<Self>>).map_err(|e| e.to_string())
+        SegmentAudienceSink::create(path, track)
+            .map(|s| Box::new(s) as Box<dyn Sink<Self>>)
+            .map_err(|e| e.to_string())
     }
 }
 impl SinkRecord for TraitValue {}
@@ -425,20 +541,40 @@ impl SinkRecord for weft_dataflows::record::ErrorRecord {
 }
 
 /// Attaches a single-writer sink (on worker 0) to an output collection.
-fn attach_sink<D: SinkRecord>(collection: VecCollection<'_, u64, D, isize>, spec: &SinkSpec, cx: &SinkContext<'_>) {
+fn attach_sink<D: SinkRecord>(
+    collection: VecCollection<'_, u64, D, isize>,
+    spec: &SinkSpec,
+    cx: &SinkContext<'_>,
+) {
     let sink_name = spec.name().to_string();
     let mut sink: Option<Box<dyn Sink<D>>> = None;
     if cx.index == 0 {
         let created: Result<Box<dyn Sink<D>>, String> = match spec {
-            SinkSpec::File { path, format: SinkFormat::Changes, .. } => {
-                JsonLinesSink::create(path).map(|s| Box::new(s) as Box<dyn Sink<D>>).map_err(|e| e.to_string())
+            SinkSpec::File {
+                path,
+                format: SinkFormat::Changes,
+                ..
+            } => JsonLinesSink::create(path)
+                .map(|s| Box::new(s) as Box<dyn Sink<D>>)
+                .map_err(|e| e.to_string()),
+            SinkSpec::File { path, format, .. } => {
+                D::open_segment(path, *format == SinkFormat::SegmentTrack)
             }
-            SinkSpec::File { path, format, .. } => D::open_segment(path, *format == SinkFormat::SegmentTrack),
             SinkSpec::Stdout { .. } => Ok(Box::new(JsonLinesSink::stdout())),
-            SinkSpec::Kafka { brokers, topic, partitions, options, .. } => {
+            SinkSpec::Kafka {
+                brokers,
+                topic,
+                partitions,
+                options,
+                ..
+            } => {
                 let brokers = brokers.clone().unwrap_or_default();
-                let mut config =
-                    KafkaSinkConfig::new(&sink_name, &brokers, topic, format!("weft-{}-{}", cx.job_name, sink_name));
+                let mut config = KafkaSinkConfig::new(
+                    &sink_name,
+                    &brokers,
+                    topic,
+                    format!("weft-{}-{}", cx.job_name, sink_name),
+                );
                 config.options = options.clone();
                 create_topic(&brokers, topic, *partitions as i32, &[])
                     .and_then(|_| D::open_kafka(&config))
@@ -447,36 +583,50 @@ fn attach_sink<D: SinkRecord>(collection: VecCollection<'_, u64, D, isize>, spec
         };
         match created {
             Ok(s) => sink = Some(s),
-            Err(e) => cx.shared.job_error(cx.job, cx.job_name, format!("sink {sink_name}: {e}; its output is discarded")),
+            Err(e) => cx.shared.job_error(
+                cx.job,
+                cx.job_name,
+                format!("sink {sink_name}: {e}; its output is discarded"),
+            ),
         }
     }
     let (job, job_name, shared) = (cx.job, cx.job_name.to_string(), cx.shared.clone());
     let metrics = cx.metrics.clone();
     let done = cx.done.clone();
-    collection.sink_by_time(&format!("Sink:{sink_name}"), SinkTarget::Worker(0), move |ev| {
-        let result = match (&mut sink, ev) {
-            (Some(s), SinkEvent::Updates { time, updates }) => {
-                metrics.sink_lines.fetch_add(updates.len() as u64, Ordering::Relaxed);
-                s.write(*time, updates)
-            }
-            (Some(s), SinkEvent::Progress { frontier }) => {
-                let r = s.commit(frontier);
-                if frontier.is_empty() {
-                    done.set(done.get() + 1);
+    collection.sink_by_time(
+        &format!("Sink:{sink_name}"),
+        SinkTarget::Worker(0),
+        move |ev| {
+            let result = match (&mut sink, ev) {
+                (Some(s), SinkEvent::Updates { time, updates }) => {
+                    metrics
+                        .sink_lines
+                        .fetch_add(updates.len() as u64, Ordering::Relaxed);
+                    s.write(*time, updates)
                 }
-                r
-            }
-            (None, SinkEvent::Progress { frontier }) => {
-                if frontier.is_empty() {
-                    done.set(done.get() + 1);
+                (Some(s), SinkEvent::Progress { frontier }) => {
+                    let r = s.commit(frontier);
+                    if frontier.is_empty() {
+                        done.set(done.get() + 1);
+                    }
+                    r
                 }
-                Ok(())
+                (None, SinkEvent::Progress { frontier }) => {
+                    if frontier.is_empty() {
+                        done.set(done.get() + 1);
+                    }
+                    Ok(())
+                }
+                (None, SinkEvent::Updates { .. }) => Ok(()),
+            };
+            if let Err(e) = result {
+                shared.job_error(
+                    job,
+                    &job_name,
+                    format!("sink {sink_name}: {e}; its further output is discarded"),
+                );
+                sink = None;
             }
-            (None, SinkEvent::Updates { .. }) => Ok(()),
-        };
-        if let Err(e) = result {
-            shared.job_error(job, &job_name, format!("sink {sink_name}: {e}; its further output is discarded"));
-            sink = None;
-        }
-    });
+        },
+    );
 }

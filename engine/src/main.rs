@@ -39,7 +39,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -64,7 +65,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { job, workers, quiet } => {
+        Command::Run {
+            job,
+            workers,
+            quiet,
+        } => {
             let (spec, warnings) = match validate(&job) {
                 Ok(x) => x,
                 Err(e) => {
@@ -85,7 +90,14 @@ fn main() -> ExitCode {
             }) {
                 eprintln!("warning: cannot install the Ctrl-C handler: {e}");
             }
-            match run(&spec, &RunOptions { workers, progress: !quiet }, interrupt) {
+            match run(
+                &spec,
+                &RunOptions {
+                    workers,
+                    progress: !quiet,
+                },
+                interrupt,
+            ) {
                 Ok(report) => {
                     eprint!("{}", summary(&report));
                     if report.errors.is_empty() {

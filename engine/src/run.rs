@@ -22,7 +22,9 @@ pub fn validate(path: &Path) -> anyhow::Result<(JobSpec, Vec<String>)> {
     if let Ok(table) = text.parse::<toml::Table>() {
         for key in NOT_YET_EVALUATED {
             if table.contains_key(key) {
-                warnings.push(format!("[{key}] is validated but not evaluated by this version of weft"));
+                warnings.push(format!(
+                    "[{key}] is validated but not evaluated by this version of weft"
+                ));
             }
         }
     }
@@ -61,8 +63,14 @@ pub struct RunOptions {
 
 /// Runs a job on an embedded cluster until its bounded sources are exhausted,
 /// or until `interrupt` is set (then the job drains and stops cleanly).
-pub fn run(spec: &JobSpec, options: &RunOptions, interrupt: Arc<AtomicBool>) -> anyhow::Result<JobReport> {
-    let cluster = Cluster::start(ClusterConfig { workers: options.workers })?;
+pub fn run(
+    spec: &JobSpec,
+    options: &RunOptions,
+    interrupt: Arc<AtomicBool>,
+) -> anyhow::Result<JobReport> {
+    let cluster = Cluster::start(ClusterConfig {
+        workers: options.workers,
+    })?;
     let id = cluster.submit(spec)?;
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -77,15 +85,29 @@ pub fn run(spec: &JobSpec, options: &RunOptions, interrupt: Arc<AtomicBool>) -> 
             break report;
         }
         if interrupt.load(Ordering::Relaxed) && !dropped {
-            eprintln!("\ninterrupted: stopping sources and draining {}", spec.job.name);
+            eprintln!(
+                "\ninterrupted: stopping sources and draining {}",
+                spec.job.name
+            );
             cluster.drop_job(id)?;
             dropped = true;
         }
-        let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(10) };
-        if options.progress && last_print.elapsed() >= every && started.elapsed() >= Duration::from_secs(1) {
+        let every = if tty {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        };
+        if options.progress
+            && last_print.elapsed() >= every
+            && started.elapsed() >= Duration::from_secs(1)
+        {
             let rate = (report.records - last_records) as f64 / last_print.elapsed().as_secs_f64();
             let lag = report.total.saturating_sub(report.consumed);
-            let pct = if report.total > 0 { 100.0 * report.consumed as f64 / report.total as f64 } else { 0.0 };
+            let pct = if report.total > 0 {
+                100.0 * report.consumed as f64 / report.total as f64
+            } else {
+                0.0
+            };
             let line = format!(
                 "{}: {} records, {}/s, {:.0}% read, lag {}",
                 report.name,

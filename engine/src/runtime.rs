@@ -201,11 +201,20 @@ impl Cluster {
         let rx = Arc::new(Mutex::new(Some(rx)));
         let worker_shared = shared.clone();
         let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
-            let commands = if worker.index() == 0 { rx.lock().expect("receiver lock").take() } else { None };
+            let commands = if worker.index() == 0 {
+                rx.lock().expect("receiver lock").take()
+            } else {
+                None
+            };
             worker_loop(worker, commands, worker_shared.clone());
         })
         .map_err(|e| anyhow::anyhow!("cannot start timely workers: {e}"))?;
-        Ok(Cluster { commands: tx, shared, guards: Some(guards), next_id: AtomicU64::new(1) })
+        Ok(Cluster {
+            commands: tx,
+            shared,
+            guards: Some(guards),
+            next_id: AtomicU64::new(1),
+        })
     }
 
     /// Submits a job (already validated, paths resolved); returns its id.
@@ -221,7 +230,9 @@ impl Cluster {
 
     /// Stops a job's sources; it drains and finishes.
     pub fn drop_job(&self, id: JobId) -> anyhow::Result<()> {
-        self.commands.send(Command::DropJob { id }).map_err(|_| anyhow::anyhow!("the cluster has stopped"))
+        self.commands
+            .send(Command::DropJob { id })
+            .map_err(|_| anyhow::anyhow!("the cluster has stopped"))
     }
 
     /// The current state of a job.
@@ -282,11 +293,13 @@ fn worker_loop(worker: &mut Worker, commands: Option<Receiver<Command>>, shared:
             tracing::debug!(worker = worker.index(), ?cmd, "applying command");
             match cmd {
                 Command::InstallJob { id, spec_toml } => {
-                    let spec = JobSpec::from_toml(&spec_toml).expect("the controller validated this spec");
+                    let spec =
+                        JobSpec::from_toml(&spec_toml).expect("the controller validated this spec");
                     let job = build_job(worker, id, &spec, &shared);
                     shared.with_job(id, &spec.job.name, |s| {
                         s.workers_installed += 1;
-                        if s.workers_installed == shared.workers && s.status == JobStatus::Starting {
+                        if s.workers_installed == shared.workers && s.status == JobStatus::Starting
+                        {
                             s.status = JobStatus::Running;
                         }
                     });
@@ -313,7 +326,11 @@ fn worker_loop(worker: &mut Worker, commands: Option<Receiver<Command>>, shared:
         // STEP 3. Do work; park briefly when there is none.
         worker.step_or_park(Some(Duration::from_millis(5)));
         // STEP 4. Retire completed jobs.
-        let done: Vec<JobId> = jobs.iter().filter(|(_, j)| j.is_complete()).map(|(id, _)| *id).collect();
+        let done: Vec<JobId> = jobs
+            .iter()
+            .filter(|(_, j)| j.is_complete())
+            .map(|(id, _)| *id)
+            .collect();
         for id in done {
             let job = jobs.remove(&id).expect("job is present");
             let counts = job.take_counts();

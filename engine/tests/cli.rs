@@ -27,11 +27,19 @@ fn validate_accepts_good_specs_and_names_bad_keys() {
     let good = dir.path().join("good.toml");
     std::fs::write(&good, JOB).unwrap();
     let out = weft().arg("validate").arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, JOB.replace("output = \"counts\"", "output = \"count\"")).unwrap();
+    std::fs::write(
+        &bad,
+        JOB.replace("output = \"counts\"", "output = \"count\""),
+    )
+    .unwrap();
     let out = weft().arg("validate").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -56,10 +64,17 @@ fn run_prints_a_summary_and_writes_sinks() {
     events.push_str("{oops\n");
     std::fs::write(dir.path().join("events.jsonl"), events).unwrap();
     std::fs::write(dir.path().join("job.toml"), JOB).unwrap();
-    let out = weft().args(["run", "--workers", "2"]).arg(dir.path().join("job.toml")).output().unwrap();
+    let out = weft()
+        .args(["run", "--workers", "2"])
+        .arg(dir.path().join("job.toml"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("101 records") && err.contains("1 rejected"), "{err}");
+    assert!(
+        err.contains("101 records") && err.contains("1 rejected"),
+        "{err}"
+    );
     assert!(err.contains("records/s"), "{err}");
     let counts = std::fs::read_to_string(dir.path().join("out/counts.jsonl")).unwrap();
     assert!(counts.contains(r#""key":"page","count":100"#), "{counts}");
@@ -70,7 +85,9 @@ fn ctrl_c_drains_and_exits_cleanly() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.path().join("events.jsonl")).unwrap());
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(dir.path().join("events.jsonl")).unwrap(),
+        );
         for i in 0..3_000_000 {
             writeln!(f, "{{\"type\":\"page\",\"anonymousId\":\"a{i}\",\"timestamp\":\"2026-01-01T00:00:00Z\"}}").unwrap();
         }
@@ -83,12 +100,18 @@ fn ctrl_c_drains_and_exits_cleanly() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(400));
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("interrupted"), "the run should have been interrupted: {err}");
+    assert!(
+        err.contains("interrupted"),
+        "the run should have been interrupted: {err}"
+    );
     // What was committed is consistent: every count line parses and the last
     // page count is below the input size.
     let counts = std::fs::read_to_string(dir.path().join("out/counts.jsonl")).unwrap();

@@ -109,8 +109,12 @@ where
     }
 }
 
-fn build<'scope, T, D, R, P, L>(collection: VecCollection<'scope, T, D, R>, pact: P, name: &str, mut logic: L)
-where
+fn build<'scope, T, D, R, P, L>(
+    collection: VecCollection<'scope, T, D, R>,
+    pact: P,
+    name: &str,
+    mut logic: L,
+) where
     T: Timestamp + Ord,
     D: Ord + Clone + 'static,
     R: Semigroup + Clone + 'static,
@@ -134,14 +138,19 @@ where
             let (time, mut updates) = entry.remove_entry();
             consolidate(&mut updates);
             if !updates.is_empty() {
-                logic(SinkEvent::Updates { time: &time, updates: &updates });
+                logic(SinkEvent::Updates {
+                    time: &time,
+                    updates: &updates,
+                });
             }
         }
         // STEP 3. Report frontier progress (the commit point).
         let current = frontier.frontier();
         if current.iter().ne(last_frontier.iter()) {
             last_frontier = current.to_vec();
-            logic(SinkEvent::Progress { frontier: &last_frontier });
+            logic(SinkEvent::Progress {
+                frontier: &last_frontier,
+            });
         }
     });
 }

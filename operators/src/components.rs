@@ -73,6 +73,7 @@ use differential_dataflow::hashable::Hashable;
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::operators::iterate::Variable;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::ExchangeData;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -81,7 +82,6 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::order::Product;
 use timely::progress::Timestamp;
-use differential_dataflow::ExchangeData;
 
 /// Adds connected components to a collection of undirected edges `(a, b)`.
 pub trait ConnectedComponents<'scope, T: Timestamp, N> {
@@ -124,7 +124,10 @@ pub trait ConnectedComponents<'scope, T: Timestamp, N> {
     ///     ((1, 1), 1, -1), ((2, 1), 1, -1), ((2, 2), 1, 1), ((3, 1), 1, -1), ((3, 2), 1, 1),
     /// ]);
     /// ```
-    fn connected_components(self, nodes: VecCollection<'scope, T, N, isize>) -> VecCollection<'scope, T, (N, N), isize>;
+    fn connected_components(
+        self,
+        nodes: VecCollection<'scope, T, N, isize>,
+    ) -> VecCollection<'scope, T, (N, N), isize>;
 
     /// Labels every node connected to a ranked node with the ranked node of
     /// its component that has the least `(rank, node)`.
@@ -146,7 +149,10 @@ pub trait ConnectedComponents<'scope, T: Timestamp, N> {
     ///         .inspect(|((_, label), _, _)| assert_eq!(*label, 9));
     /// });
     /// ```
-    fn connected_components_ranked<K>(self, ranks: VecCollection<'scope, T, (N, K), isize>) -> VecCollection<'scope, T, (N, N), isize>
+    fn connected_components_ranked<K>(
+        self,
+        ranks: VecCollection<'scope, T, (N, K), isize>,
+    ) -> VecCollection<'scope, T, (N, N), isize>
     where
         K: ExchangeData + Ord + Hash;
 }
@@ -156,19 +162,27 @@ where
     T: Timestamp + Lattice + Ord,
     N: ExchangeData + Ord + Hash,
 {
-    fn connected_components(self, nodes: VecCollection<'scope, T, N, isize>) -> VecCollection<'scope, T, (N, N), isize> {
+    fn connected_components(
+        self,
+        nodes: VecCollection<'scope, T, N, isize>,
+    ) -> VecCollection<'scope, T, (N, N), isize> {
         let endpoints = self.clone().flat_map(|(a, b)| [a, b]);
         let ranks = nodes.concat(endpoints).map(|n| (n, ()));
         self.connected_components_ranked(ranks)
     }
 
-    fn connected_components_ranked<K>(self, ranks: VecCollection<'scope, T, (N, K), isize>) -> VecCollection<'scope, T, (N, N), isize>
+    fn connected_components_ranked<K>(
+        self,
+        ranks: VecCollection<'scope, T, (N, K), isize>,
+    ) -> VecCollection<'scope, T, (N, N), isize>
     where
         K: ExchangeData + Ord + Hash,
     {
         // STEP 1. Both directions of every edge, arranged by source.
         let reversed = self.clone().map(|(a, b)| (b, a));
-        let edges = self.concat(reversed).arrange_by_key_named("ComponentsEdges");
+        let edges = self
+            .concat(reversed)
+            .arrange_by_key_named("ComponentsEdges");
         // STEP 2. Every ranked node proposes itself: label (rank, node).
         let own = ranks.map(|(n, k)| (n.clone(), (k, n)));
 
@@ -177,18 +191,28 @@ where
         outer.scoped::<Product<T, u32>, _, _>("Components", |inner| {
             let edges = edges.enter(inner);
             let own = own.enter(inner);
-            let (proposals_var, proposals) = Variable::new(inner, Product::new(Default::default(), 1u32));
+            let (proposals_var, proposals) =
+                Variable::new(inner, Product::new(Default::default(), 1u32));
             let labels = proposals
                 .concat(own)
-                .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<N, (K, N), _, isize>>("ComponentsLeast", |_node, input, output| {
-                    // Values arrive sorted: the first with a positive count is the least label.
-                    if let Some((label, _)) = input.iter().find(|(_, r)| *r > 0) {
-                        output.push(((*label).clone(), 1));
-                    }
+                .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<N, (K, N), _, isize>>(
+                    "ComponentsLeast",
+                    |_node, input, output| {
+                        // Values arrive sorted: the first with a positive count is the least label.
+                        if let Some((label, _)) = input.iter().find(|(_, r)| *r > 0) {
+                            output.push(((*label).clone(), 1));
+                        }
+                    },
+                );
+            let proposed = labels
+                .clone()
+                .join_core(edges, |_node, label: &(K, N), neighbour: &N| {
+                    Some((neighbour.clone(), label.clone()))
                 });
-            let proposed = labels.clone().join_core(edges, |_node, label: &(K, N), neighbour: &N| Some((neighbour.clone(), label.clone())));
             proposals_var.set(proposed);
-            labels.as_collection(|node: &N, label: &(K, N)| (node.clone(), label.1.clone())).leave(outer)
+            labels
+                .as_collection(|node: &N, label: &(K, N)| (node.clone(), label.1.clone()))
+                .leave(outer)
         })
     }
 }
@@ -254,7 +278,8 @@ pub trait ComponentChanges<'scope, N> {
     ///     (ComponentChange { kind: ChangeKind::Split, from: 1, into: 3, nodes: 2 }, 2),
     /// ]);
     /// ```
-    fn component_changes(self, name: &str) -> VecCollection<'scope, u64, ComponentChange<N>, isize>;
+    fn component_changes(self, name: &str)
+        -> VecCollection<'scope, u64, ComponentChange<N>, isize>;
 }
 
 /// Updates of one logical time waiting for it to complete, with a capability to send at it.
@@ -270,50 +295,59 @@ impl<'scope, N> ComponentChanges<'scope, N> for VecCollection<'scope, u64, (N, N
 where
     N: ExchangeData + Ord + Hash,
 {
-    fn component_changes(self, name: &str) -> VecCollection<'scope, u64, ComponentChange<N>, isize> {
+    fn component_changes(
+        self,
+        name: &str,
+    ) -> VecCollection<'scope, u64, ComponentChange<N>, isize> {
         // STEP 1. At the worker owning each node: consolidate its label changes
         // per completed time into a move, and send it to both labels' workers.
         let by_node = Exchange::new(|((n, _), _t, _r): &((N, N), u64, isize)| n.hashed());
-        let flows = self.inner.unary_frontier::<CapacityContainerBuilder<Vec<(Flow<N>, u64, isize)>>, _, _, _>(
-            by_node,
-            &format!("{name}Moves"),
-            |_cap, _info| {
-                let mut stash: BTreeMap<u64, Pending<(N, N)>> = BTreeMap::new();
-                move |(input, frontier), output| {
-                    let port = output.output_index();
-                    input.for_each(|cap, data| {
-                        for (d, t, r) in data.drain(..) {
-                            stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Vec::new())).1.push((d, r));
-                        }
-                    });
-                    while let Some(entry) = stash.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
-                        }
-                        let (t, (cap, mut updates)) = entry.remove_entry();
-                        differential_dataflow::consolidation::consolidate(&mut updates);
-                        let mut moves: BTreeMap<N, Move<N>> = BTreeMap::new();
-                        for ((node, label), r) in updates {
-                            let m = moves.entry(node).or_insert((None, None));
-                            if r < 0 {
-                                m.0 = Some(label);
-                            } else {
-                                m.1 = Some(label);
+        let flows = self
+            .inner
+            .unary_frontier::<CapacityContainerBuilder<Vec<(Flow<N>, u64, isize)>>, _, _, _>(
+                by_node,
+                &format!("{name}Moves"),
+                |_cap, _info| {
+                    let mut stash: BTreeMap<u64, Pending<(N, N)>> = BTreeMap::new();
+                    move |(input, frontier), output| {
+                        let port = output.output_index();
+                        input.for_each(|cap, data| {
+                            for (d, t, r) in data.drain(..) {
+                                stash
+                                    .entry(t)
+                                    .or_insert_with(|| (cap.delayed(&t, port), Vec::new()))
+                                    .1
+                                    .push((d, r));
                             }
-                        }
-                        let mut session = output.session(&cap);
-                        for (_node, (from, to)) in moves {
-                            if let Some(f) = &from {
-                                session.give(((f.clone(), true, to.clone()), t, 1));
+                        });
+                        while let Some(entry) = stash.first_entry() {
+                            if frontier.less_equal(entry.key()) {
+                                break;
                             }
-                            if let Some(x) = to {
-                                session.give(((x, false, from), t, 1));
+                            let (t, (cap, mut updates)) = entry.remove_entry();
+                            differential_dataflow::consolidation::consolidate(&mut updates);
+                            let mut moves: BTreeMap<N, Move<N>> = BTreeMap::new();
+                            for ((node, label), r) in updates {
+                                let m = moves.entry(node).or_insert((None, None));
+                                if r < 0 {
+                                    m.0 = Some(label);
+                                } else {
+                                    m.1 = Some(label);
+                                }
+                            }
+                            let mut session = output.session(&cap);
+                            for (_node, (from, to)) in moves {
+                                if let Some(f) = &from {
+                                    session.give(((f.clone(), true, to.clone()), t, 1));
+                                }
+                                if let Some(x) = to {
+                                    session.give(((x, false, from), t, 1));
+                                }
                             }
                         }
                     }
-                }
-            },
-        );
+                },
+            );
 
         // STEP 2. At the worker owning each label: compare the label's flows
         // with its size before the time; emit merges and splits.

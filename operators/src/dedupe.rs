@@ -165,7 +165,13 @@ impl DedupeConfig {
     /// A window of `window_ms` with the defaults: 16 buckets per window, lateness
     /// equal to the window, late records passed, no spilling.
     pub fn new(window_ms: u64) -> Self {
-        DedupeConfig { window_ms, buckets_per_window: 16, lateness_ms: window_ms, late: LatePolicy::Pass, spill: None }
+        DedupeConfig {
+            window_ms,
+            buckets_per_window: 16,
+            lateness_ms: window_ms,
+            late: LatePolicy::Pass,
+            spill: None,
+        }
     }
     /// Sets the number of event-time buckets per window.
     pub fn with_buckets_per_window(mut self, buckets: u32) -> Self {
@@ -184,12 +190,17 @@ impl DedupeConfig {
     }
     /// Spills the oldest buckets to files under `dir` when a worker's state exceeds `max_memory_bytes`.
     pub fn with_spill(mut self, dir: impl Into<PathBuf>, max_memory_bytes: usize) -> Self {
-        self.spill = Some(SpillConfig { dir: dir.into(), max_memory_bytes });
+        self.spill = Some(SpillConfig {
+            dir: dir.into(),
+            max_memory_bytes,
+        });
         self
     }
     /// The width of one event-time bucket: `ceil(window_ms / buckets_per_window)`.
     pub fn bucket_ms(&self) -> u64 {
-        self.window_ms.div_ceil(u64::from(self.buckets_per_window.max(1))).max(1)
+        self.window_ms
+            .div_ceil(u64::from(self.buckets_per_window.max(1)))
+            .max(1)
     }
     /// The window in buckets: `ceil(window_ms / bucket_ms)`.
     pub fn window_buckets(&self) -> u64 {
@@ -197,19 +208,37 @@ impl DedupeConfig {
     }
     /// Checks the configuration, saying what is wrong.
     pub fn validate(&self) -> Result<(), DedupeConfigError> {
-        let DedupeConfig { window_ms, buckets_per_window, lateness_ms, late: _, spill } = self;
+        let DedupeConfig {
+            window_ms,
+            buckets_per_window,
+            lateness_ms,
+            late: _,
+            spill,
+        } = self;
         if *window_ms == 0 || *window_ms > MAX_SPAN_MS {
-            return Err(DedupeConfigError(format!("window_ms is {window_ms}; it must be between 1 and 2^60")));
+            return Err(DedupeConfigError(format!(
+                "window_ms is {window_ms}; it must be between 1 and 2^60"
+            )));
         }
         if *buckets_per_window == 0 {
-            return Err(DedupeConfigError("buckets_per_window is 0; it must be at least 1 (16 is a good default)".into()));
+            return Err(DedupeConfigError(
+                "buckets_per_window is 0; it must be at least 1 (16 is a good default)".into(),
+            ));
         }
         if *lateness_ms > MAX_SPAN_MS {
-            return Err(DedupeConfigError(format!("lateness_ms is {lateness_ms}; it must be at most 2^60")));
+            return Err(DedupeConfigError(format!(
+                "lateness_ms is {lateness_ms}; it must be at most 2^60"
+            )));
         }
-        if let Some(SpillConfig { dir, max_memory_bytes: _ }) = spill {
+        if let Some(SpillConfig {
+            dir,
+            max_memory_bytes: _,
+        }) = spill
+        {
             if dir.as_os_str().is_empty() {
-                return Err(DedupeConfigError("spill.dir is empty; name a directory for spill files".into()));
+                return Err(DedupeConfigError(
+                    "spill.dir is empty; name a directory for spill files".into(),
+                ));
             }
         }
         Ok(())
@@ -378,7 +407,13 @@ where
         if let Err(e) = config.validate() {
             panic!("dedupe `{name}`: {e}");
         }
-        let DedupeConfig { window_ms: _, buckets_per_window: _, lateness_ms, late, spill } = config.clone();
+        let DedupeConfig {
+            window_ms: _,
+            buckets_per_window: _,
+            lateness_ms,
+            late,
+            spill,
+        } = config.clone();
         let bucket_ms = config.bucket_ms() as i64;
         let window_buckets = config.window_buckets() as i64;
         let key = Rc::new(key);
@@ -432,7 +467,12 @@ where
                 Pipeline,
                 &name.clone(),
                 move |_cap, _info| {
-                    let store = Store::new(bucket_ms, window_buckets, BUFFER_CAP, spill.map(|s| (s, format!("{name}-w{worker}"))));
+                    let store = Store::new(
+                        bucket_ms,
+                        window_buckets,
+                        BUFFER_CAP,
+                        spill.map(|s| (s, format!("{name}-w{worker}"))),
+                    );
                     let mut core = Core::new(store, lateness_ms, late, stats, name);
                     let mut stash: BTreeMap<u64, Pending<D>> = BTreeMap::new();
                     let mut maxima: BTreeMap<u64, i64> = BTreeMap::new();
@@ -441,12 +481,19 @@ where
                         // STEP 2a. Stash records by logical time, holding a capability for each time.
                         data.for_each(|cap, batch| {
                             for (d, t, r) in batch.drain(..) {
-                                stash.entry(t).or_insert_with(|| (cap.delayed(&t, port), Vec::new())).1.push((d, r));
+                                stash
+                                    .entry(t)
+                                    .or_insert_with(|| (cap.delayed(&t, port), Vec::new()))
+                                    .1
+                                    .push((d, r));
                             }
                         });
                         reports.for_each(|_cap, batch| {
                             for (t, m) in batch.drain(..) {
-                                maxima.entry(t).and_modify(|x| *x = (*x).max(m)).or_insert(m);
+                                maxima
+                                    .entry(t)
+                                    .and_modify(|x| *x = (*x).max(m))
+                                    .or_insert(m);
                             }
                         });
                         // STEP 2b. Process each time both inputs have completed, in time order.
@@ -458,7 +505,8 @@ where
                                 (None, Some(b)) => *b,
                                 (None, None) => break,
                             };
-                            if data_frontier.less_equal(&next) || report_frontier.less_equal(&next) {
+                            if data_frontier.less_equal(&next) || report_frontier.less_equal(&next)
+                            {
                                 break;
                             }
                             if let Some(m) = maxima.remove(&next) {
@@ -466,7 +514,9 @@ where
                             }
                             if let Some((cap, records)) = stash.remove(&next) {
                                 let mut session = output.session(&cap);
-                                core.process(records, &*key, &*event_time, |d, r| session.give((d, next, r)));
+                                core.process(records, &*key, &*event_time, |d, r| {
+                                    session.give((d, next, r))
+                                });
                             }
                             worked = true;
                         }
@@ -505,7 +555,13 @@ struct Core {
 }
 
 impl Core {
-    fn new(store: Store, lateness_ms: u64, late: LatePolicy, stats: DedupeStats, name: String) -> Self {
+    fn new(
+        store: Store,
+        lateness_ms: u64,
+        late: LatePolicy,
+        stats: DedupeStats,
+        name: String,
+    ) -> Self {
         Core {
             store,
             watermark: i64::MIN,
@@ -540,7 +596,11 @@ impl Core {
                 inserts.push((event_time(&d), key(&d), d, r));
             }
         }
-        inserts.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then_with(|| a.2.cmp(&b.2)));
+        inserts.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.cmp(&b.1))
+                .then_with(|| a.2.cmp(&b.2))
+        });
         let horizon = self.horizon();
         for (e, fp, d, r) in inserts {
             let copies = r.unsigned_abs() as u64;
@@ -570,7 +630,9 @@ impl Core {
 
     /// After a batch of completed times: prune, compact, spill, publish counters.
     fn end_batch(&mut self) {
-        let horizon = self.horizon().clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+        let horizon = self
+            .horizon()
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         self.store.maintain(horizon, self.watermark);
         self.publish();
     }
@@ -643,7 +705,11 @@ fn set_heap_bytes(set: &FingerprintSet) -> usize {
     match set.capacity() {
         0 => 0,
         cap => {
-            let slots = if cap < 8 { (cap + 1).next_power_of_two() } else { (cap * 8 / 7).next_power_of_two() };
+            let slots = if cap < 8 {
+                (cap + 1).next_power_of_two()
+            } else {
+                (cap * 8 / 7).next_power_of_two()
+            };
             slots * 17 + 16
         }
     }
@@ -676,7 +742,10 @@ impl Run {
 
     /// Builds a run from `n` strictly increasing fingerprints.
     fn from_sorted(n: usize, keys: impl Iterator<Item = u128>) -> Run {
-        assert!(n < u32::MAX as usize, "a dedupe bucket holds at most 2^32 - 1 keys");
+        assert!(
+            n < u32::MAX as usize,
+            "a dedupe bucket holds at most 2^32 - 1 keys"
+        );
         let bits = Self::slot_bits(n);
         let width = 16 - (bits / 8) as usize;
         let slots = 1usize << bits;
@@ -685,7 +754,10 @@ impl Run {
         let mut count = 0u32;
         let mut last = None;
         for fp in keys {
-            debug_assert!(last.is_none_or(|l| l < fp), "run keys must be strictly increasing");
+            debug_assert!(
+                last.is_none_or(|l| l < fp),
+                "run keys must be strictly increasing"
+            );
             last = Some(fp);
             let s = Self::slot_of(bits, fp);
             while dir.len() <= s {
@@ -699,8 +771,18 @@ impl Run {
         while dir.len() <= slots {
             dir.push(count);
         }
-        let mask = if width == 16 { u128::MAX } else { (1u128 << (width * 8)) - 1 };
-        Run { bits, width, mask, dir, bytes }
+        let mask = if width == 16 {
+            u128::MAX
+        } else {
+            (1u128 << (width * 8)) - 1
+        };
+        Run {
+            bits,
+            width,
+            mask,
+            dir,
+            bytes,
+        }
     }
 
     fn slot_of(bits: u32, fp: u128) -> usize {
@@ -712,7 +794,10 @@ impl Run {
     }
 
     fn len(&self) -> usize {
-        *self.dir.last().expect("a directory has at least two entries") as usize
+        *self
+            .dir
+            .last()
+            .expect("a directory has at least two entries") as usize
     }
 
     /// The stored low bytes of key `i`: one unaligned 16-byte load, masked
@@ -722,7 +807,6 @@ impl Run {
         let word: [u8; 16] = self.bytes[start..start + 16].try_into().expect("16 bytes");
         u128::from_le_bytes(word) & self.mask
     }
-
 
     fn contains(&self, fp: u128) -> bool {
         self.slot_contains(self.slot_range(fp), fp)
@@ -754,7 +838,11 @@ impl Run {
     fn iter(&self) -> impl Iterator<Item = u128> + '_ {
         let bits = self.bits;
         (0..self.dir.len() - 1).flat_map(move |s| {
-            let high = if bits == 0 { 0 } else { (s as u128) << (128 - bits) };
+            let high = if bits == 0 {
+                0
+            } else {
+                (s as u128) << (128 - bits)
+            };
             (self.dir[s] as usize..self.dir[s + 1] as usize).map(move |i| high | self.low(i))
         })
     }
@@ -772,7 +860,10 @@ struct Merge<A: Iterator<Item = u128>, B: Iterator<Item = u128>> {
 
 impl<A: Iterator<Item = u128>, B: Iterator<Item = u128>> Merge<A, B> {
     fn new(a: A, b: B) -> Self {
-        Merge { a: a.peekable(), b: b.peekable() }
+        Merge {
+            a: a.peekable(),
+            b: b.peekable(),
+        }
     }
 }
 
@@ -798,11 +889,21 @@ struct SpillRun {
 
 impl SpillRun {
     fn write(path: PathBuf, keys: impl Iterator<Item = u128>) -> io::Result<SpillRun> {
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        let mut run = SpillRun { path, file, len: 0, index: Vec::new() };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let mut run = SpillRun {
+            path,
+            file,
+            len: 0,
+            index: Vec::new(),
+        };
         let mut out = BufWriter::with_capacity(64 * 1024, &run.file);
         for fp in keys {
-            #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; the workspace supports 1.85
+            #[allow(clippy::manual_is_multiple_of)]
+            // `is_multiple_of` needs Rust 1.87; the workspace supports 1.85
             if run.len % BLOCK_KEYS == 0 {
                 run.index.push(fp);
             }
@@ -820,7 +921,8 @@ impl SpillRun {
         let start = b * BLOCK_KEYS;
         let n = BLOCK_KEYS.min(self.len - start);
         buf.resize(n * 16, 0);
-        self.file.read_exact_at(&mut buf[..n * 16], (start * 16) as u64)?;
+        self.file
+            .read_exact_at(&mut buf[..n * 16], (start * 16) as u64)?;
         Ok(n)
     }
 
@@ -830,7 +932,8 @@ impl SpillRun {
             return Ok(false);
         }
         let n = self.read_block(b - 1, buf)?;
-        let key = |i: usize| u128::from_le_bytes(buf[i * 16..i * 16 + 16].try_into().expect("16 bytes"));
+        let key =
+            |i: usize| u128::from_le_bytes(buf[i * 16..i * 16 + 16].try_into().expect("16 bytes"));
         let (mut lo, mut hi) = (0, n);
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -888,10 +991,15 @@ impl Bucket {
         if self.buffer.len() >= buffer_cap {
             self.flush_buffer();
             // Keep run sizes geometric: merge while the newest is at least half the one before.
-            while self.runs.len() >= 2 && self.runs[self.runs.len() - 2].len() <= 2 * self.runs[self.runs.len() - 1].len() {
+            while self.runs.len() >= 2
+                && self.runs[self.runs.len() - 2].len() <= 2 * self.runs[self.runs.len() - 1].len()
+            {
                 let newer = self.runs.pop().expect("two runs");
                 let older = self.runs.pop().expect("two runs");
-                self.runs.push(Run::from_sorted(older.len() + newer.len(), Merge::new(older.iter(), newer.iter())));
+                self.runs.push(Run::from_sorted(
+                    older.len() + newer.len(),
+                    Merge::new(older.iter(), newer.iter()),
+                ));
             }
         }
     }
@@ -902,7 +1010,8 @@ impl Bucket {
         }
         let mut keys: Vec<u128> = std::mem::take(&mut self.buffer).into_iter().collect();
         keys.sort_unstable();
-        self.runs.push(Run::from_sorted(keys.len(), keys.into_iter()));
+        self.runs
+            .push(Run::from_sorted(keys.len(), keys.into_iter()));
     }
 
     /// The in-memory keys (buffer and runs), in increasing order.
@@ -963,10 +1072,22 @@ static SPILL_DIRS: AtomicU64 = AtomicU64::new(0);
 impl Spill {
     fn dir(&mut self) -> io::Result<&Path> {
         if self.dir.is_none() {
-            let label: String =
-                self.label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+            let label: String = self
+                .label
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
             let nonce = SPILL_DIRS.fetch_add(1, Ordering::Relaxed);
-            let path = self.config.dir.join(format!("dedupe-{label}-{}-{nonce}", std::process::id()));
+            let path = self
+                .config
+                .dir
+                .join(format!("dedupe-{label}-{}-{nonce}", std::process::id()));
             fs::create_dir_all(&path)?;
             self.dir = Some(SpillDir(path));
         }
@@ -994,7 +1115,12 @@ struct Store {
 }
 
 impl Store {
-    fn new(bucket_ms: i64, window_buckets: i64, buffer_cap: usize, spill: Option<(SpillConfig, String)>) -> Self {
+    fn new(
+        bucket_ms: i64,
+        window_buckets: i64,
+        buffer_cap: usize,
+        spill: Option<(SpillConfig, String)>,
+    ) -> Self {
         Store {
             bucket_ms,
             window_buckets,
@@ -1003,7 +1129,12 @@ impl Store {
             scratch: Vec::new(),
             spilled_runs: 0,
             spill_failures: 0,
-            spill: spill.map(|(config, label)| Spill { config, label, dir: None, next_file: 0 }),
+            spill: spill.map(|(config, label)| Spill {
+                config,
+                label,
+                dir: None,
+                next_file: 0,
+            }),
         }
     }
 
@@ -1027,7 +1158,11 @@ impl Store {
             for run in &bucket.runs {
                 if n < MAX_RUNS {
                     let span = run.slot_range(fp);
-                    touched ^= run.bytes.get(span.0 as usize * run.width).copied().unwrap_or(0);
+                    touched ^= run
+                        .bytes
+                        .get(span.0 as usize * run.width)
+                        .copied()
+                        .unwrap_or(0);
                     runs[n] = Some((run, span));
                     n += 1;
                 }
@@ -1057,7 +1192,10 @@ impl Store {
                 }
             }
         }
-        self.buckets.entry(b).or_default().insert(fp, self.buffer_cap);
+        self.buckets
+            .entry(b)
+            .or_default()
+            .insert(fp, self.buffer_cap);
         Ok(false)
     }
 
@@ -1077,7 +1215,9 @@ impl Store {
     }
 
     fn spill_if_needed(&mut self) {
-        let Some(limit) = self.spill.as_ref().map(|s| s.config.max_memory_bytes) else { return };
+        let Some(limit) = self.spill.as_ref().map(|s| s.config.max_memory_bytes) else {
+            return;
+        };
         let mut memory: usize = self.buckets.values().map(Bucket::memory_bytes).sum();
         let ids: Vec<i64> = self.buckets.keys().copied().collect();
         for id in ids {
@@ -1131,7 +1271,11 @@ impl Store {
         for bucket in self.buckets.values() {
             keys += bucket.keys;
             memory += bucket.memory_bytes();
-            disk += bucket.spilled.iter().map(SpillRun::file_bytes).sum::<usize>();
+            disk += bucket
+                .spilled
+                .iter()
+                .map(SpillRun::file_bytes)
+                .sum::<usize>();
         }
         (keys as u64, memory as u64, disk as u64)
     }
@@ -1177,7 +1321,11 @@ mod tests {
                 }
             }
             if n >= 70_000 {
-                assert!(run.heap_bytes() as f64 / n as f64 <= 15.5, "{} bytes for {n} keys", run.heap_bytes());
+                assert!(
+                    run.heap_bytes() as f64 / n as f64 <= 15.5,
+                    "{} bytes for {n} keys",
+                    run.heap_bytes()
+                );
             }
         }
     }
@@ -1198,7 +1346,10 @@ mod tests {
             }
             for _ in 0..500 {
                 let probe: u128 = rng.gen();
-                assert_eq!(run.contains(probe, &mut buf).unwrap(), keys.binary_search(&probe).is_ok());
+                assert_eq!(
+                    run.contains(probe, &mut buf).unwrap(),
+                    keys.binary_search(&probe).is_ok()
+                );
             }
             drop(run);
             assert!(!path.exists(), "spill files are removed with their run");
@@ -1211,8 +1362,17 @@ mod tests {
     fn store_matches_model_with_small_buffers_and_spilling() {
         for seed in 0..20u64 {
             let mut rng = SmallRng::seed_from_u64(seed);
-            let dir = std::env::temp_dir().join(format!("weft-dedupe-store-{}-{seed}", std::process::id()));
-            let spill = (seed % 2 == 0).then(|| (SpillConfig { dir: dir.clone(), max_memory_bytes: rng.gen_range(0..300) }, "t".to_string()));
+            let dir = std::env::temp_dir()
+                .join(format!("weft-dedupe-store-{}-{seed}", std::process::id()));
+            let spill = (seed % 2 == 0).then(|| {
+                (
+                    SpillConfig {
+                        dir: dir.clone(),
+                        max_memory_bytes: rng.gen_range(0..300),
+                    },
+                    "t".to_string(),
+                )
+            });
             let window_buckets = rng.gen_range(0..4);
             let mut store = Store::new(10, window_buckets, rng.gen_range(1..40), spill);
             let mut model: BTreeMap<u128, Vec<i64>> = BTreeMap::new();
@@ -1238,7 +1398,10 @@ mod tests {
                 assert!(store.spilled_runs > 0, "seed {seed}: nothing spilled");
             }
             drop(store);
-            assert!(!dir.exists() || fs::read_dir(&dir).unwrap().next().is_none(), "spill directory removed");
+            assert!(
+                !dir.exists() || fs::read_dir(&dir).unwrap().next().is_none(),
+                "spill directory removed"
+            );
             let _ = fs::remove_dir_all(&dir);
         }
     }

@@ -16,6 +16,6 @@
 
 pub mod by_time;
 pub mod components;
-pub mod reclock;
 pub mod dedupe;
+pub mod reclock;
 pub mod split;

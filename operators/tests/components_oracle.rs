@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use differential_dataflow::input::Input;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use weft_operators::components::{ChangeKind, ComponentChange, ComponentChanges, ConnectedComponents};
+use weft_operators::components::{
+    ChangeKind, ComponentChange, ComponentChanges, ConnectedComponents,
+};
 
 type Node = u32;
 
@@ -56,7 +58,11 @@ fn generate(seed: u64) -> Case {
                 }
                 45..=74 => {
                     // Retract an edge present now (never below zero).
-                    let present: Vec<_> = edges.iter().filter(|(_, c)| **c > 0).map(|(e, _)| *e).collect();
+                    let present: Vec<_> = edges
+                        .iter()
+                        .filter(|(_, c)| **c > 0)
+                        .map(|(e, _)| *e)
+                        .collect();
                     if let Some(e) = present.get(rng.gen_range(0..present.len().max(1))) {
                         *edges.get_mut(e).unwrap() -= 1;
                         updates.push(Update::Edge(*e, -1));
@@ -144,7 +150,10 @@ fn oracle(case: &Case) -> Vec<(u64, Map, Map)> {
         }
         let mut ranked_nodes: BTreeSet<Node> = all.clone();
         ranked_nodes.extend(ranks.iter().filter(|(_, c)| **c > 0).map(|((v, _), _)| *v));
-        let ranked: Map = ranked_nodes.iter().filter_map(|&v| best.get(&uf.find(v)).map(|&(_, l)| (v, l))).collect();
+        let ranked: Map = ranked_nodes
+            .iter()
+            .filter_map(|&v| best.get(&uf.find(v)).map(|&(_, l)| (v, l)))
+            .collect();
         out.push((*time, plain, ranked));
     }
     out
@@ -165,7 +174,12 @@ fn changes(before: &Map, after: &Map) -> Vec<ComponentChange<Node>> {
         if sources.len() >= 2 {
             for ((q, _), n) in &sources {
                 if *q != x {
-                    out.push(ComponentChange { kind: ChangeKind::Merged, from: *q, into: x, nodes: **n });
+                    out.push(ComponentChange {
+                        kind: ChangeKind::Merged,
+                        from: *q,
+                        into: x,
+                        nodes: **n,
+                    });
                 }
             }
         }
@@ -173,7 +187,12 @@ fn changes(before: &Map, after: &Map) -> Vec<ComponentChange<Node>> {
         if targets.len() >= 2 {
             for ((_, r), n) in &targets {
                 if *r != x {
-                    out.push(ComponentChange { kind: ChangeKind::Split, from: x, into: *r, nodes: **n });
+                    out.push(ComponentChange {
+                        kind: ChangeKind::Split,
+                        from: x,
+                        into: *r,
+                        nodes: **n,
+                    });
                 }
             }
         }
@@ -191,8 +210,16 @@ struct Outputs {
 }
 
 fn run(case: &Case, workers: usize, all_feed: bool) -> Outputs {
-    let outs = Outputs { plain: Default::default(), ranked: Default::default(), changes: Default::default() };
-    let (p, k, c) = (outs.plain.clone(), outs.ranked.clone(), outs.changes.clone());
+    let outs = Outputs {
+        plain: Default::default(),
+        ranked: Default::default(),
+        changes: Default::default(),
+    };
+    let (p, k, c) = (
+        outs.plain.clone(),
+        outs.ranked.clone(),
+        outs.changes.clone(),
+    );
     let case = Arc::new(case.clone());
     timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
@@ -203,8 +230,12 @@ fn run(case: &Case, workers: usize, all_feed: bool) -> Outputs {
             let (ri, ranks) = scope.new_collection::<(Node, i64), isize>();
             let plain = edges.clone().connected_components(nodes);
             plain.clone().inspect(move |x| p.lock().unwrap().push(*x));
-            plain.component_changes("Changes").inspect(move |x| c.lock().unwrap().push(x.clone()));
-            edges.connected_components_ranked(ranks).inspect(move |x| k.lock().unwrap().push(*x));
+            plain
+                .component_changes("Changes")
+                .inspect(move |x| c.lock().unwrap().push(x.clone()));
+            edges
+                .connected_components_ranked(ranks)
+                .inspect(move |x| k.lock().unwrap().push(*x));
             (ei, ni, ri)
         });
         for (time, updates) in case.times.iter() {
@@ -212,7 +243,11 @@ fn run(case: &Case, workers: usize, all_feed: bool) -> Outputs {
             nodes.advance_to(*time);
             ranks.advance_to(*time);
             for (i, u) in updates.iter().enumerate() {
-                let mine = if all_feed { i % peers == index } else { index == 0 };
+                let mine = if all_feed {
+                    i % peers == index
+                } else {
+                    index == 0
+                };
                 if !mine {
                     continue;
                 }
@@ -258,11 +293,15 @@ fn check(seed: u64, workers: usize, all_feed: bool) -> Result<(), String> {
     for (time, want_plain, want_ranked) in &model {
         let got = accumulate(&plain, *time);
         if got != as_counts(want_plain) {
-            return Err(format!("plain labels differ at time {time}:\n got  {got:?}\n want {want_plain:?}"));
+            return Err(format!(
+                "plain labels differ at time {time}:\n got  {got:?}\n want {want_plain:?}"
+            ));
         }
         let got = accumulate(&ranked, *time);
         if got != as_counts(want_ranked) {
-            return Err(format!("ranked labels differ at time {time}:\n got  {got:?}\n want {want_ranked:?}"));
+            return Err(format!(
+                "ranked labels differ at time {time}:\n got  {got:?}\n want {want_ranked:?}"
+            ));
         }
         for c in changes(&previous, want_plain) {
             want_changes.push((c, *time, 1));
@@ -271,7 +310,9 @@ fn check(seed: u64, workers: usize, all_feed: bool) -> Result<(), String> {
     }
     want_changes.sort();
     if got_changes != want_changes {
-        return Err(format!("merges/splits differ:\n got  {got_changes:?}\n want {want_changes:?}"));
+        return Err(format!(
+            "merges/splits differ:\n got  {got_changes:?}\n want {want_changes:?}"
+        ));
     }
     Ok(())
 }
@@ -297,7 +338,10 @@ fn components_match_union_find_four_workers() {
     for seed in seeds(1000..1100) {
         for all_feed in [false, true] {
             if let Err(e) = check(seed, 4, all_feed) {
-                panic!("seed {seed} (rerun with COMPONENTS_SEED={seed}), 4 workers, fed from {}: {e}", if all_feed { "all" } else { "one" });
+                panic!(
+                    "seed {seed} (rerun with COMPONENTS_SEED={seed}), 4 workers, fed from {}: {e}",
+                    if all_feed { "all" } else { "one" }
+                );
             }
         }
     }
@@ -306,16 +350,36 @@ fn components_match_union_find_four_workers() {
 #[test]
 fn a_chain_splits_in_the_middle_and_each_half_keeps_its_least_node() {
     // 0-1-2-3-4-5, then remove (2, 3): {0,1,2} keeps 0, {3,4,5} becomes 3.
-    let mut times = vec![(0, (0..5).map(|i| Update::Edge((i, i + 1), 1)).collect::<Vec<_>>())];
+    let mut times = vec![(
+        0,
+        (0..5)
+            .map(|i| Update::Edge((i, i + 1), 1))
+            .collect::<Vec<_>>(),
+    )];
     times.push((1, vec![Update::Edge((2, 3), -1)]));
     let case = Case { times };
     for workers in [1, 4] {
         let outs = run(&case, workers, false);
         let plain = outs.plain.lock().unwrap().clone();
         let at1 = accumulate(&plain, 1);
-        let want: BTreeMap<_, _> = [(0, 0), (1, 0), (2, 0), (3, 3), (4, 3), (5, 3)].into_iter().map(|x| (x, 1)).collect();
+        let want: BTreeMap<_, _> = [(0, 0), (1, 0), (2, 0), (3, 3), (4, 3), (5, 3)]
+            .into_iter()
+            .map(|x| (x, 1))
+            .collect();
         assert_eq!(at1, want);
         let changes = outs.changes.lock().unwrap().clone();
-        assert_eq!(changes, vec![(ComponentChange { kind: ChangeKind::Split, from: 0, into: 3, nodes: 3 }, 1, 1)]);
+        assert_eq!(
+            changes,
+            vec![(
+                ComponentChange {
+                    kind: ChangeKind::Split,
+                    from: 0,
+                    into: 3,
+                    nodes: 3
+                },
+                1,
+                1
+            )]
+        );
     }
 }

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use differential_dataflow::input::Input;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use weft_operators::dedupe::{DedupeByKey, DedupeConfig, DedupeStats, DedupeStatsSnapshot, LatePolicy};
+use weft_operators::dedupe::{
+    DedupeByKey, DedupeConfig, DedupeStats, DedupeStatsSnapshot, LatePolicy,
+};
 
 /// (record id, key, event time ms).
 type Rec = (u64, u32, i64);
@@ -43,7 +45,11 @@ fn generate(seed: u64) -> Case {
     let window_ms = [1u64, 7, 100, 1000, 5000][rng.gen_range(0..5)];
     let buckets = [1u32, 3, 16][rng.gen_range(0..3)];
     let lateness_ms = [0, window_ms / 2, window_ms, 3 * window_ms][rng.gen_range(0..4)];
-    let late = if rng.gen_bool(0.5) { LatePolicy::Pass } else { LatePolicy::Drop };
+    let late = if rng.gen_bool(0.5) {
+        LatePolicy::Pass
+    } else {
+        LatePolicy::Drop
+    };
     let config = DedupeConfig::new(window_ms)
         .with_buckets_per_window(buckets)
         .with_lateness_ms(lateness_ms)
@@ -95,7 +101,13 @@ fn generate(seed: u64) -> Case {
 
 /// Counters the model predicts (the gauges are left at zero).
 fn counts(s: &DedupeStatsSnapshot) -> [u64; 5] {
-    [s.passed, s.dropped_duplicates, s.late, s.dropped_late, s.retractions]
+    [
+        s.passed,
+        s.dropped_duplicates,
+        s.late,
+        s.dropped_late,
+        s.retractions,
+    ]
 }
 
 /// The naive model: consolidated output and counters.
@@ -173,7 +185,12 @@ enum Feed {
     OneWorkerSmallBatches,
 }
 
-fn run(case: &Case, workers: usize, feed: Feed, config: DedupeConfig) -> (Vec<(Rec, u64, isize)>, DedupeStatsSnapshot) {
+fn run(
+    case: &Case,
+    workers: usize,
+    feed: Feed,
+    config: DedupeConfig,
+) -> (Vec<(Rec, u64, isize)>, DedupeStatsSnapshot) {
     let case = Arc::new(case.clone());
     let output = Arc::new(Mutex::new(Vec::new()));
     let stats = DedupeStats::new();
@@ -184,7 +201,13 @@ fn run(case: &Case, workers: usize, feed: Feed, config: DedupeConfig) -> (Vec<(R
         let mut input = worker.dataflow::<u64, _, _>(move |scope| {
             let (input, records) = scope.new_collection::<Rec, isize>();
             records
-                .dedupe_by_key("Dedupe", &config, |r: &Rec| fingerprint(r.1), |r: &Rec| r.2, handle)
+                .dedupe_by_key(
+                    "Dedupe",
+                    &config,
+                    |r: &Rec| fingerprint(r.1),
+                    |r: &Rec| r.2,
+                    handle,
+                )
                 .inspect(move |(d, t, r)| out.lock().unwrap().push((*d, *t, *r)));
             input
         });
@@ -213,11 +236,20 @@ fn run(case: &Case, workers: usize, feed: Feed, config: DedupeConfig) -> (Vec<(R
 }
 
 /// Compares one run with the model; returns a short description of the first difference.
-fn check(case: &Case, workers: usize, feed: Feed, config: DedupeConfig) -> Result<DedupeStatsSnapshot, String> {
+fn check(
+    case: &Case,
+    workers: usize,
+    feed: Feed,
+    config: DedupeConfig,
+) -> Result<DedupeStatsSnapshot, String> {
     let (want, want_stats) = oracle(case);
     let (got, got_stats) = run(case, workers, feed, config);
     if got != want {
-        let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        let first = got
+            .iter()
+            .zip(&want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
         return Err(format!(
             "output differs at {first}: got {:?}, model {:?} (lengths {} / {})",
             got.get(first),
@@ -227,7 +259,9 @@ fn check(case: &Case, workers: usize, feed: Feed, config: DedupeConfig) -> Resul
         ));
     }
     if counts(&got_stats) != counts(&want_stats) {
-        return Err(format!("counters differ: got {got_stats:?}, model {want_stats:?}"));
+        return Err(format!(
+            "counters differ: got {got_stats:?}, model {want_stats:?}"
+        ));
     }
     Ok(got_stats)
 }
@@ -240,16 +274,26 @@ fn seeds(n: u64) -> Vec<u64> {
 }
 
 fn spill_dir(tag: &str, seed: u64) -> PathBuf {
-    std::env::temp_dir().join(format!("weft-dedupe-oracle-{}-{tag}-{seed}", std::process::id()))
+    std::env::temp_dir().join(format!(
+        "weft-dedupe-oracle-{}-{tag}-{seed}",
+        std::process::id()
+    ))
 }
 
 #[test]
 fn matches_model_at_1_and_4_workers() {
     for seed in seeds(80) {
         let case = generate(seed);
-        for (workers, feed) in [(1, Feed::RoundRobin), (4, Feed::RoundRobin), (4, Feed::OneWorkerSmallBatches)] {
+        for (workers, feed) in [
+            (1, Feed::RoundRobin),
+            (4, Feed::RoundRobin),
+            (4, Feed::OneWorkerSmallBatches),
+        ] {
             if let Err(e) = check(&case, workers, feed, case.config.clone()) {
-                panic!("seed {seed}, {workers} workers, {feed:?}, {:?}: {e}", case.config);
+                panic!(
+                    "seed {seed}, {workers} workers, {feed:?}, {:?}: {e}",
+                    case.config
+                );
             }
         }
     }
@@ -266,15 +310,29 @@ fn matches_model_when_forced_to_spill() {
                 Ok(stats) => {
                     let records: usize = case.times.iter().map(|(_, u)| u.len()).sum();
                     if limit == 0 && records > 0 && stats.passed > stats.late {
-                        assert!(stats.spilled_runs > 0, "seed {seed}: a zero memory limit must spill");
+                        assert!(
+                            stats.spilled_runs > 0,
+                            "seed {seed}: a zero memory limit must spill"
+                        );
                     }
                     assert_eq!(stats.spill_failures, 0, "seed {seed}");
-                    assert_eq!((stats.keys_held, stats.bytes_held, stats.bytes_spilled), (0, 0, 0), "gauges return to zero");
+                    assert_eq!(
+                        (stats.keys_held, stats.bytes_held, stats.bytes_spilled),
+                        (0, 0, 0),
+                        "gauges return to zero"
+                    );
                 }
-                Err(e) => panic!("seed {seed}, {workers} workers, spill limit {limit} in {}, {:?}: {e}", dir.display(), case.config),
+                Err(e) => panic!(
+                    "seed {seed}, {workers} workers, spill limit {limit} in {}, {:?}: {e}",
+                    dir.display(),
+                    case.config
+                ),
             }
             let leftover = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
-            assert_eq!(leftover, 0, "seed {seed}: spill directories are removed with the dataflow");
+            assert_eq!(
+                leftover, 0,
+                "seed {seed}: spill directories are removed with the dataflow"
+            );
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
@@ -290,18 +348,33 @@ fn matches_model_with_large_buckets() {
         let updates = (0..40_000)
             .map(|_| {
                 id += 1;
-                ((id, rng.gen_range(0..60_000u32), 1_000 * t as i64 + rng.gen_range(0..500)), 1)
+                (
+                    (
+                        id,
+                        rng.gen_range(0..60_000u32),
+                        1_000 * t as i64 + rng.gen_range(0..500),
+                    ),
+                    1,
+                )
             })
             .collect();
         times.push((t, updates));
     }
-    let case = Case { config: DedupeConfig::new(10_000), times };
+    let case = Case {
+        config: DedupeConfig::new(10_000),
+        times,
+    };
     for workers in [1, 2] {
         if let Err(e) = check(&case, workers, Feed::RoundRobin, case.config.clone()) {
             panic!("{workers} workers: {e}");
         }
         let dir = spill_dir("large", workers as u64);
-        if let Err(e) = check(&case, workers, Feed::RoundRobin, case.config.clone().with_spill(&dir, 256 * 1024)) {
+        if let Err(e) = check(
+            &case,
+            workers,
+            Feed::RoundRobin,
+            case.config.clone().with_spill(&dir, 256 * 1024),
+        ) {
             panic!("{workers} workers, spilling: {e}");
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -316,34 +389,72 @@ fn documented_rule_examples() {
     let c = DedupeConfig::new(1000);
     let cases = [
         // Within the window (even at exactly window_ms): dropped.
-        case(c.clone(), vec![(0, vec![((1, 7, 0), 1), ((2, 7, 1000), 1)])]),
+        case(
+            c.clone(),
+            vec![(0, vec![((1, 7, 0), 1), ((2, 7, 1000), 1)])],
+        ),
         // Beyond window + 2 buckets: passes, and is remembered anew.
-        case(c.clone(), vec![(0, vec![((1, 7, 0), 1)]), (1, vec![((2, 7, 1200), 1), ((3, 7, 1300), 1)])]),
+        case(
+            c.clone(),
+            vec![
+                (0, vec![((1, 7, 0), 1)]),
+                (1, vec![((2, 7, 1200), 1), ((3, 7, 1300), 1)]),
+            ],
+        ),
         // Late: older than the watermark minus the lateness; passes unchecked.
-        case(c.clone(), vec![(0, vec![((1, 7, 5000), 1)]), (1, vec![((2, 7, 3000), 1), ((3, 7, 3000), 1)])]),
+        case(
+            c.clone(),
+            vec![
+                (0, vec![((1, 7, 5000), 1)]),
+                (1, vec![((2, 7, 3000), 1), ((3, 7, 3000), 1)]),
+            ],
+        ),
         // The same, dropped.
-        case(c.clone().with_late_policy(LatePolicy::Drop), vec![(0, vec![((1, 7, 5000), 1)]), (1, vec![((2, 7, 3000), 1)])]),
+        case(
+            c.clone().with_late_policy(LatePolicy::Drop),
+            vec![(0, vec![((1, 7, 5000), 1)]), (1, vec![((2, 7, 3000), 1)])],
+        ),
         // Out of order within one time: the earlier event time wins.
-        case(c.clone(), vec![(0, vec![((1, 7, 500), 1), ((2, 7, 100), 1)])]),
+        case(
+            c.clone(),
+            vec![(0, vec![((1, 7, 500), 1), ((2, 7, 100), 1)])],
+        ),
         // A diff of 2 is two copies.
         case(c.clone(), vec![(0, vec![((1, 7, 500), 2)])]),
         // Retractions pass through.
-        case(c, vec![(0, vec![((1, 7, 500), 1)]), (1, vec![((1, 7, 500), -1)])]),
+        case(
+            c,
+            vec![(0, vec![((1, 7, 500), 1)]), (1, vec![((1, 7, 500), -1)])],
+        ),
     ];
     type Expected<'a> = (&'a [(Rec, u64, isize)], [u64; 5]);
     let expected: [Expected<'_>; 7] = [
         (&[((1, 7, 0), 0, 1)], [1, 1, 0, 0, 0]),
         (&[((1, 7, 0), 0, 1), ((2, 7, 1200), 1, 1)], [2, 1, 0, 0, 0]),
-        (&[((1, 7, 5000), 0, 1), ((2, 7, 3000), 1, 1), ((3, 7, 3000), 1, 1)], [3, 0, 2, 0, 0]),
+        (
+            &[
+                ((1, 7, 5000), 0, 1),
+                ((2, 7, 3000), 1, 1),
+                ((3, 7, 3000), 1, 1),
+            ],
+            [3, 0, 2, 0, 0],
+        ),
         (&[((1, 7, 5000), 0, 1)], [1, 0, 1, 1, 0]),
         (&[((2, 7, 100), 0, 1)], [1, 1, 0, 0, 0]),
         (&[((1, 7, 500), 0, 1)], [1, 1, 0, 0, 0]),
-        (&[((1, 7, 500), 0, 1), ((1, 7, 500), 1, -1)], [1, 0, 0, 0, 1]),
+        (
+            &[((1, 7, 500), 0, 1), ((1, 7, 500), 1, -1)],
+            [1, 0, 0, 0, 1],
+        ),
     ];
     for (i, (case, (want, want_counts))) in cases.iter().zip(expected).enumerate() {
         let (model, model_stats) = oracle(case);
         assert_eq!(model, want, "case {i}: the model");
-        assert_eq!(counts(&model_stats), want_counts, "case {i}: the model's counters");
+        assert_eq!(
+            counts(&model_stats),
+            want_counts,
+            "case {i}: the model's counters"
+        );
         for workers in [1, 4] {
             if let Err(e) = check(case, workers, Feed::RoundRobin, case.config.clone()) {
                 panic!("case {i}, {workers} workers: {e}");

@@ -34,21 +34,23 @@ fn run(chunks: Vec<Vec<Rec>>, workers: usize, seed: u64) -> Vec<(u64, Rec)> {
         let sink = sink.clone();
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
             let (input, coll) = scope.new_collection::<Rec, isize>();
-            coll.reclock_to_watermark("Reclock", |r: &Rec| r.1).sink_by_time("Collect", SinkTarget::Worker(0), move |ev| {
-                if let SinkEvent::Updates { time, updates } = ev {
-                    let mut s = sink.lock().unwrap();
-                    for (r, diff) in updates {
-                        assert_eq!(*diff, 1);
-                        s.push((*time, *r));
+            coll.reclock_to_watermark("Reclock", |r: &Rec| r.1)
+                .sink_by_time("Collect", SinkTarget::Worker(0), move |ev| {
+                    if let SinkEvent::Updates { time, updates } = ev {
+                        let mut s = sink.lock().unwrap();
+                        for (r, diff) in updates {
+                            assert_eq!(*diff, 1);
+                            s.push((*time, *r));
+                        }
                     }
-                }
-            });
+                });
             input
         });
         // Chunks are spread over workers pseudo-randomly; some chunks are empty.
         for (k, chunk) in chunks.iter().enumerate() {
             input.advance_to(k as u64);
-            let owner = ((k as u64).wrapping_mul(0x9e37_79b9).wrapping_add(seed) % peers as u64) as usize;
+            let owner =
+                ((k as u64).wrapping_mul(0x9e37_79b9).wrapping_add(seed) % peers as u64) as usize;
             if owner == index {
                 for r in chunk {
                     input.insert(*r);
@@ -78,7 +80,11 @@ fn reclock_matches_the_naive_watermark() {
                 (0..rng.gen_range(0..8))
                     .map(|_| {
                         id += 1;
-                        let clock = if rng.gen_bool(0.1) { None } else { Some(rng.gen_range(0..10_000)) };
+                        let clock = if rng.gen_bool(0.1) {
+                            None
+                        } else {
+                            Some(rng.gen_range(0..10_000))
+                        };
                         (id, clock)
                     })
                     .collect()

@@ -9,16 +9,23 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use serde_json::Value;
+use weft_dataflows::spec::JobSpec;
 use weft_engine::run::{run, RunOptions};
 use weft_engine::runtime::JobReport;
-use weft_dataflows::spec::JobSpec;
 
 /// Writes `toml` to `dir/job.toml`, loads it as `weft run` does and runs it to completion.
 pub fn run_job(dir: &Path, toml: &str, workers: usize) -> anyhow::Result<JobReport> {
     let path = dir.join("job.toml");
     std::fs::write(&path, toml)?;
     let spec = JobSpec::load(&path)?;
-    run(&spec, &RunOptions { workers, progress: false }, Arc::new(AtomicBool::new(false)))
+    run(
+        &spec,
+        &RunOptions {
+            workers,
+            progress: false,
+        },
+        Arc::new(AtomicBool::new(false)),
+    )
 }
 
 /// One line of a JSON-lines sink.
@@ -34,10 +41,12 @@ pub struct Change {
 
 /// Reads a JSON-lines sink file.
 pub fn read_changes(path: &Path) -> Vec<Change> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     text.lines()
         .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("bad sink line {l:?}: {e}"));
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad sink line {l:?}: {e}"));
             Change {
                 time: v["time"].as_u64().expect("time"),
                 diff: v["diff"].as_i64().expect("diff"),
@@ -53,7 +62,12 @@ pub fn final_counts(changes: &[Change]) -> BTreeMap<(String, String), i64> {
     let mut live: BTreeMap<(String, String, i64), i64> = BTreeMap::new();
     let mut last_time = 0;
     for c in changes {
-        assert!(c.time >= last_time, "times go backwards: {} after {}", c.time, last_time);
+        assert!(
+            c.time >= last_time,
+            "times go backwards: {} after {}",
+            c.time,
+            last_time
+        );
         last_time = c.time;
         let key = (
             c.data["metric"].as_str().expect("metric").to_string(),
@@ -70,7 +84,10 @@ pub fn final_counts(changes: &[Change]) -> BTreeMap<(String, String), i64> {
     let mut out = BTreeMap::new();
     for ((m, k, count), mult) in live {
         assert_eq!(mult, 1, "{m}/{k} has {mult} live counts");
-        assert!(out.insert((m.clone(), k.clone()), count).is_none(), "{m}/{k} has two live counts");
+        assert!(
+            out.insert((m.clone(), k.clone()), count).is_none(),
+            "{m}/{k} has two live counts"
+        );
     }
     out
 }
@@ -120,23 +137,43 @@ pub fn naive_validate(line: &[u8]) -> Verdict {
     if line.len() > 32 * 1024 {
         return Rejected("oversize");
     }
-    let Ok(text) = std::str::from_utf8(line) else { return Rejected("invalid_utf8") };
+    let Ok(text) = std::str::from_utf8(line) else {
+        return Rejected("invalid_utf8");
+    };
     let v: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(_) => return Rejected("malformed_json"),
     };
-    let Value::Object(o) = &v else { return Rejected("not_an_object") };
+    let Value::Object(o) = &v else {
+        return Rejected("not_an_object");
+    };
     if depth(&v) > 64 {
         return Rejected("malformed_json");
     }
     let strings = [
-        "type", "messageId", "anonymousId", "userId", "event", "name", "category", "groupId", "previousId",
-        "timestamp", "originalTimestamp", "sentAt", "receivedAt",
+        "type",
+        "messageId",
+        "anonymousId",
+        "userId",
+        "event",
+        "name",
+        "category",
+        "groupId",
+        "previousId",
+        "timestamp",
+        "originalTimestamp",
+        "sentAt",
+        "receivedAt",
     ];
     if strings.iter().any(|k| !is_str_or_null(o.get(*k))) {
         return Rejected("wrong_type");
     }
-    let s = |k: &str| o.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let s = |k: &str| {
+        o.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
     let kind = match o.get("type").and_then(Value::as_str) {
         Some(t @ ("track" | "identify" | "page" | "screen" | "group" | "alias")) => t.to_string(),
         _ => return Rejected("unknown_type"),
@@ -166,7 +203,10 @@ pub fn naive_validate(line: &[u8]) -> Verdict {
             }
         }
     }
-    if ["timestamp", "originalTimestamp", "receivedAt"].iter().all(|k| o.get(*k).and_then(Value::as_str).is_none()) {
+    if ["timestamp", "originalTimestamp", "receivedAt"]
+        .iter()
+        .all(|k| o.get(*k).and_then(Value::as_str).is_none())
+    {
         return Rejected("missing_timestamp");
     }
     if let Some(m) = s("messageId") {
@@ -174,7 +214,11 @@ pub fn naive_validate(line: &[u8]) -> Verdict {
             return Rejected("message_id_too_long");
         }
     }
-    Verdict::Valid { event: if kind == "track" { s("event") } else { None }, kind, message_id: s("messageId") }
+    Verdict::Valid {
+        event: if kind == "track" { s("event") } else { None },
+        kind,
+        message_id: s("messageId"),
+    }
 }
 
 /// Counts the oracle expects for a JSON-lines file: `(metric, key) → count`,
@@ -192,10 +236,15 @@ pub fn oracle_counts(path: &Path, dedupe: bool) -> BTreeMap<(String, String), i6
     for line in lines {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match naive_validate(line) {
-            Verdict::Valid { kind, event, message_id } => {
+            Verdict::Valid {
+                kind,
+                event,
+                message_id,
+            } => {
                 let key = message_id.unwrap_or_else(|| String::from_utf8_lossy(line).into_owned());
                 if dedupe && !seen.insert(key) {
-                    *out.entry(("dropped".into(), "duplicate".into())).or_default() += 1;
+                    *out.entry(("dropped".into(), "duplicate".into()))
+                        .or_default() += 1;
                     continue;
                 }
                 *out.entry(("type".into(), kind)).or_default() += 1;
@@ -208,4 +257,3 @@ pub fn oracle_counts(path: &Path, dedupe: bool) -> BTreeMap<(String, String), i6
     }
     out
 }
-

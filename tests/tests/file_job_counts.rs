@@ -3,7 +3,7 @@
 //! from the input by a naive oracle; and identical output at 1 and 4 workers.
 
 use weft_bench::gen::{generate_to_path, GenConfig};
-use weft_tests::{final_counts, oracle_counts, read_changes, run_job, Verdict, naive_validate};
+use weft_tests::{final_counts, naive_validate, oracle_counts, read_changes, run_job, Verdict};
 
 fn job_toml(input: &str, chunk: u64) -> String {
     format!(
@@ -42,9 +42,18 @@ path = "out/events.jsonl"
 fn counts_match_the_oracle_and_do_not_depend_on_worker_count() {
     for (input, seed) in [("events.jsonl", 7u64), ("events.jsonl.gz", 8)] {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = GenConfig { events: 30_000, seed, malformed_rate: 0.01, duplicate_rate: 0.03, ..GenConfig::default() };
+        let cfg = GenConfig {
+            events: 30_000,
+            seed,
+            malformed_rate: 0.01,
+            duplicate_rate: 0.03,
+            ..GenConfig::default()
+        };
         let stats = generate_to_path(&cfg, &dir.path().join(input)).unwrap();
-        assert!(stats.malformed > 100, "the generator should produce malformed lines");
+        assert!(
+            stats.malformed > 100,
+            "the generator should produce malformed lines"
+        );
 
         let mut outputs = Vec::new();
         for workers in [1, 4] {
@@ -57,12 +66,16 @@ fn counts_match_the_oracle_and_do_not_depend_on_worker_count() {
                 .collect();
             outputs.push(files);
         }
-        assert!(outputs[0] == outputs[1], "{input}: output differs between 1 and 4 workers");
+        assert!(
+            outputs[0] == outputs[1],
+            "{input}: output differs between 1 and 4 workers"
+        );
 
         // Counts equal the oracle's, computed straight from the input file.
         let plain = if input.ends_with(".gz") {
             let p = dir.path().join("plain.jsonl");
-            let mut d = flate2::read::GzDecoder::new(std::fs::File::open(dir.path().join(input)).unwrap());
+            let mut d =
+                flate2::read::GzDecoder::new(std::fs::File::open(dir.path().join(input)).unwrap());
             std::io::copy(&mut d, &mut std::fs::File::create(&p).unwrap()).unwrap();
             p
         } else {
@@ -78,11 +91,21 @@ fn counts_match_the_oracle_and_do_not_depend_on_worker_count() {
         // Every bad line has one error record, every good line one event.
         let errors = read_changes(&dir.path().join("out/errors.jsonl"));
         let events = read_changes(&dir.path().join("out/events.jsonl"));
-        let bad = expected.iter().filter(|((m, _), _)| m == "rejected").map(|(_, n)| n).sum::<i64>();
+        let bad = expected
+            .iter()
+            .filter(|((m, _), _)| m == "rejected")
+            .map(|(_, n)| n)
+            .sum::<i64>();
         assert_eq!(errors.iter().map(|c| c.diff).sum::<i64>(), bad);
-        let dropped = expected.get(&("dropped".to_string(), "duplicate".to_string())).copied().unwrap_or(0);
+        let dropped = expected
+            .get(&("dropped".to_string(), "duplicate".to_string()))
+            .copied()
+            .unwrap_or(0);
         assert!(dropped > 0, "the generator's retries should be dropped");
-        assert_eq!(events.iter().map(|c| c.diff).sum::<i64>() + bad + dropped, stats.events as i64);
+        assert_eq!(
+            events.iter().map(|c| c.diff).sum::<i64>() + bad + dropped,
+            stats.events as i64
+        );
         // Events are faithful: spot-check message ids against the oracle.
         let text = std::fs::read(&plain).unwrap();
         let mut ids: Vec<String> = text
@@ -93,8 +116,10 @@ fn counts_match_the_oracle_and_do_not_depend_on_worker_count() {
                 _ => None,
             })
             .collect();
-        let mut got_ids: Vec<String> =
-            events.iter().map(|c| c.data["messageId"].as_str().unwrap().to_string()).collect();
+        let mut got_ids: Vec<String> = events
+            .iter()
+            .map(|c| c.data["messageId"].as_str().unwrap().to_string())
+            .collect();
         ids.sort();
         ids.dedup();
         got_ids.sort();

@@ -12,14 +12,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weft_bench::gen::{Generator, GenConfig};
+use weft_bench::gen::{GenConfig, Generator};
 use weft_tests::{final_counts, Change};
 
 fn weft_bin() -> PathBuf {
     // target/<profile>/deps/<this test> → target/<profile>/weft
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("weft");
-    assert!(bin.is_file(), "{} is missing: build it with `cargo build -p weft-engine --bin weft`", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p weft-engine --bin weft`",
+        bin.display()
+    );
     bin
 }
 
@@ -65,25 +69,50 @@ fn changes(brokers: &str, topic: &str) -> Vec<Change> {
         .into_iter()
         .map(|r| {
             let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            Change { time: v["time"].as_u64().unwrap(), diff: v["diff"].as_i64().unwrap(), data: v["data"].clone() }
+            Change {
+                time: v["time"].as_u64().unwrap(),
+                diff: v["diff"].as_i64().unwrap(),
+                data: v["data"].clone(),
+            }
         })
         .collect();
-    rows.sort_by(|a, b| a.time.cmp(&b.time).then(a.data.to_string().cmp(&b.data.to_string())));
+    rows.sort_by(|a, b| {
+        a.time
+            .cmp(&b.time)
+            .then(a.data.to_string().cmp(&b.data.to_string()))
+    });
     rows
 }
 
 #[test]
 fn sigkilled_runs_resume_exactly_once() {
-    let Some(brokers) = kafka_support::brokers() else { return };
+    let Some(brokers) = kafka_support::brokers() else {
+        return;
+    };
     let mut topics = kafka_support::Topics::new(&brokers);
     #[allow(clippy::needless_borrow)]
     let input = topics.create("weft-in", 3);
-    let (counts_a, dead_a) = (topics.create("weft-counts-a", 1), topics.create("weft-dead-a", 1));
-    let (counts_b, dead_b) = (topics.create("weft-counts-b", 1), topics.create("weft-dead-b", 1));
-    let progress: Vec<String> = [&counts_a, &counts_b, &dead_a, &dead_b].iter().map(|t| format!("{t}.weft-progress")).collect();
+    let (counts_a, dead_a) = (
+        topics.create("weft-counts-a", 1),
+        topics.create("weft-dead-a", 1),
+    );
+    let (counts_b, dead_b) = (
+        topics.create("weft-counts-b", 1),
+        topics.create("weft-dead-b", 1),
+    );
+    let progress: Vec<String> = [&counts_a, &counts_b, &dead_a, &dead_b]
+        .iter()
+        .map(|t| format!("{t}.weft-progress"))
+        .collect();
 
     // STEP 1. Produce generated traffic (with retries and malformed records) over 3 partitions.
-    let cfg = GenConfig { events: 6_000, seed: 5, malformed_rate: 0.01, duplicate_rate: 0.03, ..GenConfig::default() };
+    let cfg = GenConfig {
+        events: 6_000,
+        seed: 5,
+        malformed_rate: 0.01,
+        duplicate_rate: 0.03,
+        ..GenConfig::default()
+    };
     let mut gen = Generator::new(&cfg).unwrap();
     let mut lines = Vec::new();
     let mut buf = Vec::new();
@@ -92,7 +121,11 @@ fn sigkilled_runs_resume_exactly_once() {
         l.pop();
         lines.push(l);
     }
-    let records: Vec<(i32, Vec<u8>)> = lines.iter().enumerate().map(|(i, l)| ((i % 3) as i32, l.clone())).collect();
+    let records: Vec<(i32, Vec<u8>)> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| ((i % 3) as i32, l.clone()))
+        .collect();
     kafka_support::produce(&brokers, &input, &records);
     // The oracle: counts computed straight from the produced lines (per partition order = file order per partition;
     // retries follow their original on every partition only within the 30-day window, which holds for generated data).
@@ -107,8 +140,16 @@ fn sigkilled_runs_resume_exactly_once() {
 
     // STEP 2. Run A, uninterrupted.
     let a = job(dir.path(), "a", &brokers, &input, &counts_a, &dead_a);
-    let out = Command::new(weft_bin()).args(["run", "--workers", "2", "--quiet"]).arg(&a).output().unwrap();
-    assert!(out.status.success(), "run a: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(weft_bin())
+        .args(["run", "--workers", "2", "--quiet"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "run a: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // STEP 3. Run B, SIGKILLed at several points, then run to the end.
     let b = job(dir.path(), "b", &brokers, &input, &counts_b, &dead_b);
@@ -134,8 +175,16 @@ fn sigkilled_runs_resume_exactly_once() {
         }
         child.wait().unwrap();
     }
-    let out = Command::new(weft_bin()).args(["run", "--workers", "2", "--quiet"]).arg(&b).output().unwrap();
-    assert!(out.status.success(), "run b (final): {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(weft_bin())
+        .args(["run", "--workers", "2", "--quiet"])
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "run b (final): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("run b was killed {kills} times");
 
     // STEP 4. Compare.
@@ -144,11 +193,17 @@ fn sigkilled_runs_resume_exactly_once() {
     assert!(!ca.is_empty());
     let fa = final_counts(&ca);
     let fb = final_counts(&cb);
-    assert_eq!(fa, fb, "the interrupted run's net output differs from the uninterrupted run's");
+    assert_eq!(
+        fa, fb,
+        "the interrupted run's net output differs from the uninterrupted run's"
+    );
     // No duplicate: each (time, record, diff) at most once in B's committed output.
     let mut seen = BTreeSet::new();
     for c in &cb {
-        assert!(seen.insert((c.time, c.data.to_string(), c.diff)), "duplicate change {c:?}");
+        assert!(
+            seen.insert((c.time, c.data.to_string(), c.diff)),
+            "duplicate change {c:?}"
+        );
     }
     let expected = weft_tests::oracle_counts(&plain, true);
     assert_eq!(fa, expected, "counts differ from the oracle");
@@ -163,11 +218,17 @@ fn sigkilled_runs_resume_exactly_once() {
             *by_reason.entry(reason).or_default() += 1;
             raws.insert(r.value.clone());
         }
-        let want: BTreeMap<String, i64> =
-            expected.iter().filter(|((m, _), _)| m == "rejected").map(|((_, k), n)| (k.clone(), *n)).collect();
+        let want: BTreeMap<String, i64> = expected
+            .iter()
+            .filter(|((m, _), _)| m == "rejected")
+            .map(|((_, k), n)| (k.clone(), *n))
+            .collect();
         assert_eq!(by_reason, want, "dead letters in {dead}");
         for r in &rows {
-            assert!(lines.iter().any(|l| *l == r.value), "a dead letter is not an original record");
+            assert!(
+                lines.iter().any(|l| *l == r.value),
+                "a dead letter is not an original record"
+            );
         }
     }
     let names: Vec<&str> = progress.iter().map(String::as_str).collect();

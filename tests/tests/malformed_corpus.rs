@@ -92,7 +92,10 @@ path = "out/events.jsonl"
         assert_eq!(report.rejected as usize, bad.len());
 
         let events = read_changes(&dir.path().join("out/events.jsonl"));
-        let mut ids: Vec<&str> = events.iter().map(|c| c.data["messageId"].as_str().unwrap()).collect();
+        let mut ids: Vec<&str> = events
+            .iter()
+            .map(|c| c.data["messageId"].as_str().unwrap())
+            .collect();
         ids.sort();
         let mut want: Vec<String> = (0..goods).map(|i| format!("good-{i}")).collect();
         want.sort();
@@ -102,20 +105,34 @@ path = "out/events.jsonl"
         assert_eq!(errors.len(), bad.len(), "one error record per bad line");
         let mut got: Vec<(u64, String)> = errors
             .iter()
-            .map(|c| (c.data["offset"].as_u64().unwrap(), c.data["reason"].as_str().unwrap().to_string()))
+            .map(|c| {
+                (
+                    c.data["offset"].as_u64().unwrap(),
+                    c.data["reason"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
         got.sort();
         for (offset, reason, raw, i) in &expected {
-            let found = got.iter().find(|(o, _)| o == offset).unwrap_or_else(|| panic!("bad line {i} has no error record"));
+            let found = got
+                .iter()
+                .find(|(o, _)| o == offset)
+                .unwrap_or_else(|| panic!("bad line {i} has no error record"));
             assert_eq!(&found.1, reason, "bad line {i}");
-            let rec = errors.iter().find(|c| c.data["offset"].as_u64() == Some(*offset)).unwrap();
+            let rec = errors
+                .iter()
+                .find(|c| c.data["offset"].as_u64() == Some(*offset))
+                .unwrap();
             assert!(!rec.data["message"].as_str().unwrap().is_empty());
             // The original bytes travel with the error (hex when not UTF-8).
             let back = match rec.data.get("raw").and_then(|v| v.as_str()) {
                 Some(s) => s.as_bytes().to_vec(),
                 None => {
                     let hex = rec.data["raw_hex"].as_str().unwrap();
-                    (0..hex.len()).step_by(2).map(|k| u8::from_str_radix(&hex[k..k + 2], 16).unwrap()).collect()
+                    (0..hex.len())
+                        .step_by(2)
+                        .map(|k| u8::from_str_radix(&hex[k..k + 2], 16).unwrap())
+                        .collect()
                 }
             };
             assert_eq!(&back, raw, "bad line {i} keeps its bytes");

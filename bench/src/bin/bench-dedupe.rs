@@ -72,7 +72,10 @@ impl Events {
     }
 
     fn event(&self, key: u64) -> (u128, i64) {
-        (fingerprint(key), 1_700_000_000_000 + (key as f64 * self.ms_per_key) as i64)
+        (
+            fingerprint(key),
+            1_700_000_000_000 + (key as f64 * self.ms_per_key) as i64,
+        )
     }
 }
 
@@ -110,7 +113,11 @@ fn live_bytes() -> i64 {
 
 fn rss_bytes() -> i64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: i64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: i64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -133,7 +140,11 @@ fn run_dataflow(args: &Args, dedupe: bool) -> (Measured, Option<(u64, u64, u64)>
         let probe = timely::dataflow::ProbeHandle::new();
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_collection::<(u128, i64), isize>();
-            let out = if dedupe { records.dedupe_by_key("Dedupe", &config, |r| r.0, |r| r.1, handle) } else { records };
+            let out = if dedupe {
+                records.dedupe_by_key("Dedupe", &config, |r| r.0, |r| r.1, handle)
+            } else {
+                records
+            };
             out.inner.probe_with(&probe);
             input
         });
@@ -167,8 +178,17 @@ fn run_dataflow(args: &Args, dedupe: bool) -> (Measured, Option<(u64, u64, u64)>
     });
     let (events, seconds, heap, rss, s) = result;
     let keys = if dedupe { s.keys_held } else { 0 };
-    let measured = Measured { events, seconds, keys, heap_bytes: heap - heap0, rss_bytes: rss - rss0 };
-    (measured, dedupe.then_some((s.passed, s.dropped_duplicates, s.bytes_held)))
+    let measured = Measured {
+        events,
+        seconds,
+        keys,
+        heap_bytes: heap - heap0,
+        rss_bytes: rss - rss0,
+    };
+    (
+        measured,
+        dedupe.then_some((s.passed, s.dropped_duplicates, s.bytes_held)),
+    )
 }
 
 /// The same events into a plain `HashSet<u128>`.
@@ -182,7 +202,13 @@ fn run_hashset(args: &Args) -> Measured {
         events += 1;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let m = Measured { events, seconds, keys: set.len() as u64, heap_bytes: live_bytes() - heap0, rss_bytes: rss_bytes() - rss0 };
+    let m = Measured {
+        events,
+        seconds,
+        keys: set.len() as u64,
+        heap_bytes: live_bytes() - heap0,
+        rss_bytes: rss_bytes() - rss0,
+    };
     drop(set);
     m
 }
@@ -199,7 +225,12 @@ fn main() {
     let rate = |m: &Measured| m.events as f64 / m.seconds;
 
     let (feed, _) = run_dataflow(&args, false);
-    println!("feed only (input + probe, no dedupe): {} events in {:.2} s = {:.2} M events/s", feed.events, feed.seconds, rate(&feed) / 1e6);
+    println!(
+        "feed only (input + probe, no dedupe): {} events in {:.2} s = {:.2} M events/s",
+        feed.events,
+        feed.seconds,
+        rate(&feed) / 1e6
+    );
 
     let (dedupe, counters) = run_dataflow(&args, true);
     let (passed, dropped, bytes_held) = counters.expect("dedupe counters");

@@ -88,20 +88,26 @@ fn person(p: usize) -> Event {
             p % 3
         ))
     } else {
-        event(&format!(r#"{{"type":"page","anonymousId":"a{p}","context":{{"device":{{"id":"d{p}"}}}},"timestamp":"{ts}"}}"#))
+        event(&format!(
+            r#"{{"type":"page","anonymousId":"a{p}","context":{{"device":{{"id":"d{p}"}}}},"timestamp":"{ts}"}}"#
+        ))
     }
 }
 
 /// Links user `u` and visitor `v` (one edge; a merge of two profiles).
 fn merge_event(u: usize, v: usize, k: usize) -> Event {
     let ts = format_iso8601(BASE_MS + 20_000_000_000 + k as i64);
-    event(&format!(r#"{{"type":"identify","userId":"u{u}","anonymousId":"a{v}","messageId":"merge-{k}","timestamp":"{ts}"}}"#))
+    event(&format!(
+        r#"{{"type":"identify","userId":"u{u}","anonymousId":"a{v}","messageId":"merge-{k}","timestamp":"{ts}"}}"#
+    ))
 }
 
 /// User `u` on a new device (one edge).
 fn device_event(u: usize, k: usize) -> Event {
     let ts = format_iso8601(BASE_MS + 30_000_000_000 + k as i64);
-    event(&format!(r#"{{"type":"track","event":"Opened","userId":"u{u}","context":{{"device":{{"id":"dx{k}"}}}},"messageId":"dev-{k}","timestamp":"{ts}"}}"#))
+    event(&format!(
+        r#"{{"type":"track","event":"Opened","userId":"u{u}","context":{{"device":{{"id":"dx{k}"}}}},"messageId":"dev-{k}","timestamp":"{ts}"}}"#
+    ))
 }
 
 /// The work of the dataflow phases, measured on worker 0.
@@ -124,7 +130,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn run_identity(args: &Args, events: Arc<Vec<Event>>) -> Report {
     let report = Arc::new(Mutex::new(Report::default()));
     let out = Arc::clone(&report);
-    let (batch, merges, rounds, mixed, seed, people) = (args.batch, args.merges, args.rounds, args.mixed, args.seed, args.profiles);
+    let (batch, merges, rounds, mixed, seed, people) = (
+        args.batch,
+        args.merges,
+        args.rounds,
+        args.mixed,
+        args.seed,
+        args.profiles,
+    );
     timely::execute(timely::Config::process(args.workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let probe = ProbeHandle::new();
@@ -141,7 +154,9 @@ fn run_identity(args: &Args, events: Arc<Vec<Event>>) -> Report {
             input
         });
         let mut time = 0u64;
-        let settle = |input: &mut differential_dataflow::input::InputSession<u64, Event, isize>, worker: &mut timely::worker::Worker, time: &mut u64| {
+        let settle = |input: &mut differential_dataflow::input::InputSession<u64, Event, isize>,
+                      worker: &mut timely::worker::Worker,
+                      time: &mut u64| {
             *time += 1;
             input.advance_to(*time);
             input.flush();
@@ -167,7 +182,11 @@ fn run_identity(args: &Args, events: Arc<Vec<Event>>) -> Report {
         let users: Vec<usize> = (0..people).filter(|p| is_user(*p)).collect();
         let visitors: Vec<usize> = (0..people).filter(|p| !is_user(*p)).collect();
         let mut latencies = Vec::with_capacity(merges);
-        for (k, &visitor) in visitors.iter().take(merges.min(visitors.len() / 2)).enumerate() {
+        for (k, &visitor) in visitors
+            .iter()
+            .take(merges.min(visitors.len() / 2))
+            .enumerate()
+        {
             let e = merge_event(users[rng.gen_range(0..users.len())], visitor, k);
             let start = Instant::now();
             if index == 0 {
@@ -178,8 +197,12 @@ fn run_identity(args: &Args, events: Arc<Vec<Event>>) -> Report {
         }
 
         // PHASE 3. Mixed: new one-edge events in, earlier one-edge events out.
-        let mut retractable: std::collections::VecDeque<Event> =
-            visitors.iter().rev().take(rounds * mixed).map(|v| events[*v].clone()).collect();
+        let mut retractable: std::collections::VecDeque<Event> = visitors
+            .iter()
+            .rev()
+            .take(rounds * mixed)
+            .map(|v| events[*v].clone())
+            .collect();
         let start = Instant::now();
         let mut updates = 0;
         let mut k = 0;
@@ -202,7 +225,12 @@ fn run_identity(args: &Args, events: Arc<Vec<Event>>) -> Report {
         let mixed_time = start.elapsed();
 
         if index == 0 {
-            *out.lock().unwrap() = Report { load, latencies, mixed: mixed_time, mixed_updates: updates };
+            *out.lock().unwrap() = Report {
+                load,
+                latencies,
+                mixed: mixed_time,
+                mixed_updates: updates,
+            };
         }
     })
     .expect("timely runs");
@@ -219,7 +247,8 @@ fn run_components(args: &Args, edges: Arc<Vec<(IdHash, IdHash)>>, batch_edges: u
         let probe = ProbeHandle::new();
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
             let (input, edges) = scope.new_collection::<(IdHash, IdHash), isize>();
-            let none: VecCollection<'_, u64, IdHash, isize> = edges.clone().filter(|_| false).map(|(a, _)| a);
+            let none: VecCollection<'_, u64, IdHash, isize> =
+                edges.clone().filter(|_| false).map(|(a, _)| a);
             edges.connected_components(none).probe_with(&probe);
             input
         });
@@ -305,24 +334,41 @@ impl UnionFind {
 fn run_union_find(edges: &[(IdHash, IdHash)]) -> (Duration, usize) {
     let start = Instant::now();
     let mut ids = DenseIds::with_capacity_and_hasher(edges.len() * 2, Default::default());
-    let mut uf = UnionFind { parent: Vec::new(), size: Vec::new() };
+    let mut uf = UnionFind {
+        parent: Vec::new(),
+        size: Vec::new(),
+    };
     for (a, b) in edges {
         let a = *ids.entry(*a).or_insert_with(|| uf.push());
         let b = *ids.entry(*b).or_insert_with(|| uf.push());
         uf.union(a, b);
     }
-    let roots = (0..uf.parent.len() as u32).filter(|x| uf.find(*x) == *x).count();
+    let roots = (0..uf.parent.len() as u32)
+        .filter(|x| uf.find(*x) == *x)
+        .count();
     (start.elapsed(), roots)
 }
 
 /// Phase 5b: union-find applying per-profile limits greedily in edge order; returns (time, accepted).
-fn run_greedy(edges: &[(IdHash, IdHash, KindRank, KindRank)], rules: &IdentityRules) -> (Duration, usize) {
+fn run_greedy(
+    edges: &[(IdHash, IdHash, KindRank, KindRank)],
+    rules: &IdentityRules,
+) -> (Duration, usize) {
     let start = Instant::now();
     let mut ids = DenseIds::with_capacity_and_hasher(edges.len() * 2, Default::default());
-    let mut uf = UnionFind { parent: Vec::new(), size: Vec::new() };
+    let mut uf = UnionFind {
+        parent: Vec::new(),
+        size: Vec::new(),
+    };
     // Per root: counts of the limited kinds (at most 4 built-in limited kinds here).
     let mut counts: Vec<[u16; 4]> = Vec::new();
-    let limits: Vec<u16> = (0..4).map(|k| rules.limit(k).map_or(u16::MAX, |l| l.min(u16::MAX as u32) as u16)).collect();
+    let limits: Vec<u16> = (0..4)
+        .map(|k| {
+            rules
+                .limit(k)
+                .map_or(u16::MAX, |l| l.min(u16::MAX as u32) as u16)
+        })
+        .collect();
     let mut accepted = 0;
     for &(a, b, ka, kb) in edges {
         let mut node = |h: IdHash, k: KindRank, uf: &mut UnionFind, counts: &mut Vec<[u16; 4]>| {
@@ -414,14 +460,26 @@ fn main() {
     let batch_edges = ((args.batch as f64) * edges_per_event).ceil().max(1.0) as usize;
     let cc = run_components(&args, Arc::clone(&edges), batch_edges);
     let cc_rate = edges.len() as f64 / secs(cc);
-    println!("components operator (load):  {:>8.2} s  {:>10.0} edge updates/s", secs(cc), cc_rate);
+    println!(
+        "components operator (load):  {:>8.2} s  {:>10.0} edge updates/s",
+        secs(cc),
+        cc_rate
+    );
 
     let (uf, roots) = run_union_find(&edges);
     let uf_rate = edges.len() as f64 / secs(uf);
-    println!("union-find, 1 thread (COST): {:>8.3} s  {:>10.0} edges/s  ({roots} components)", secs(uf), uf_rate);
+    println!(
+        "union-find, 1 thread (COST): {:>8.3} s  {:>10.0} edges/s  ({roots} components)",
+        secs(uf),
+        uf_rate
+    );
     let (greedy, accepted) = run_greedy(&edges4, &rules);
     let greedy_rate = edges.len() as f64 / secs(greedy);
-    println!("union-find + limits, 1 thread: {:>6.3} s  {:>10.0} edges/s  ({accepted} accepted)", secs(greedy), greedy_rate);
+    println!(
+        "union-find + limits, 1 thread: {:>6.3} s  {:>10.0} edges/s  ({accepted} accepted)",
+        secs(greedy),
+        greedy_rate
+    );
     println!(
         "COST ratios (time / union-find time): identity load {:.0}x, identity load vs union-find + limits {:.0}x, components operator {:.0}x ({} workers)",
         secs(r.load) / secs(uf),

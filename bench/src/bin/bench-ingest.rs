@@ -63,17 +63,40 @@ fn main() -> anyhow::Result<()> {
     }
     let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
     let n = lines.len() as f64;
-    println!("# bench-ingest: {} events, {:.1} MB, {} reps (best of)", lines.len(), bytes as f64 / 1e6, args.reps);
+    println!(
+        "# bench-ingest: {} events, {:.1} MB, {} reps (best of)",
+        lines.len(),
+        bytes as f64 / 1e6,
+        args.reps
+    );
 
     // Parse + validate alone.
     let cx = ParseContext::default();
-    let (weft_s, ok) = best(args.reps, || lines.iter().filter(|l| parse_event(l, &cx).is_ok()).count() as u64);
-    let (base_s, base_ok) = best(args.reps, || {
-        lines.iter().filter(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok()).count() as u64
+    let (weft_s, ok) = best(args.reps, || {
+        lines.iter().filter(|l| parse_event(l, &cx).is_ok()).count() as u64
     });
-    println!("parse+validate  weft parse_event        {:>10.0} events/s  {:>7.1} MB/s  ({} valid)", n / weft_s, bytes as f64 / 1e6 / weft_s, ok);
-    println!("parse baseline  serde_json::Value       {:>10.0} events/s  {:>7.1} MB/s  ({} parsed)", n / base_s, bytes as f64 / 1e6 / base_s, base_ok);
-    println!("ratio parse_event / Value               {:>10.2}x", base_s / weft_s);
+    let (base_s, base_ok) = best(args.reps, || {
+        lines
+            .iter()
+            .filter(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok())
+            .count() as u64
+    });
+    println!(
+        "parse+validate  weft parse_event        {:>10.0} events/s  {:>7.1} MB/s  ({} valid)",
+        n / weft_s,
+        bytes as f64 / 1e6 / weft_s,
+        ok
+    );
+    println!(
+        "parse baseline  serde_json::Value       {:>10.0} events/s  {:>7.1} MB/s  ({} parsed)",
+        n / base_s,
+        bytes as f64 / 1e6 / base_s,
+        base_ok
+    );
+    println!(
+        "ratio parse_event / Value               {:>10.2}x",
+        base_s / weft_s
+    );
 
     // End-to-end file job.
     let tmp;
@@ -105,7 +128,11 @@ fn main() -> anyhow::Result<()> {
         }
         count
     });
-    println!("file baseline   read lines + Value, 1 thread {:>7.0} events/s  ({} parsed)", n / read_s, read_n);
+    println!(
+        "file baseline   read lines + Value, 1 thread {:>7.0} events/s  ({} parsed)",
+        n / read_s,
+        read_n
+    );
     let job = dir.join("job.toml");
     std::fs::write(
         &job,
@@ -130,7 +157,15 @@ path = "out/errors.jsonl"
     let spec = JobSpec::load(&job)?;
     for workers in [1, 2] {
         let (s, records) = best(args.reps, || {
-            let report = run(&spec, &RunOptions { workers, progress: false }, Arc::new(AtomicBool::new(false))).unwrap();
+            let report = run(
+                &spec,
+                &RunOptions {
+                    workers,
+                    progress: false,
+                },
+                Arc::new(AtomicBool::new(false)),
+            )
+            .unwrap();
             report.records
         });
         println!(

@@ -103,11 +103,18 @@ fn produce(brokers: &str, topic: &str, events: u64, partitions: i32) -> Result<(
             buf.pop();
         }
         let partition = (i % partitions as u64) as i32;
-        let mut record = BaseRecord::<(), [u8]>::to(topic).partition(partition).payload(&buf[..]);
+        let mut record = BaseRecord::<(), [u8]>::to(topic)
+            .partition(partition)
+            .payload(&buf[..]);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
                     record = r;
                     producer.poll(Duration::from_millis(5));
                 }
@@ -126,7 +133,13 @@ fn produce(brokers: &str, topic: &str, events: u64, partitions: i32) -> Result<(
 /// The baseline: consume everything, decode each value as a generic JSON
 /// value (or, with `decode` false, only touch its length: the broker's and
 /// librdkafka's ceiling).
-fn baseline(brokers: &str, topic: &str, partitions: i32, expected: u64, decode: bool) -> Result<u64> {
+fn baseline(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    expected: u64,
+    decode: bool,
+) -> Result<u64> {
     let consumer: BaseConsumer = consumer_config(brokers).create()?;
     // Connect and learn the partitions first, as Weft's source does when it is created.
     consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -209,12 +222,17 @@ fn weft(brokers: &str, topic: &str, budget: usize) -> Result<(u64, u64)> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let brokers = match args.brokers.clone().or_else(|| std::env::var("KAFKA_BROKERS").ok()) {
+    let brokers = match args
+        .brokers
+        .clone()
+        .or_else(|| std::env::var("KAFKA_BROKERS").ok())
+    {
         Some(b) => b,
         None => bail!("set KAFKA_BROKERS (eval \"$(scripts/kafka.sh start)\") or pass --brokers"),
     };
     let topic = format!("weft-bench-source-{}", std::process::id());
-    admin::create_topic(&brokers, &topic, args.partitions, &[]).context("creating the benchmark topic")?;
+    admin::create_topic(&brokers, &topic, args.partitions, &[])
+        .context("creating the benchmark topic")?;
     let result = run(&args, &brokers, &topic);
     if let Err(e) = admin::delete_topics(&brokers, &[&topic]) {
         eprintln!("cannot delete {topic}: {e}");
@@ -260,7 +278,10 @@ fn run(args: &Args, brokers: &str, topic: &str) -> Result<()> {
                 }
             };
             if n != events {
-                bail!("measurement {} read {n} records, expected {events}", names[which]);
+                bail!(
+                    "measurement {} read {n} records, expected {events}",
+                    names[which]
+                );
             }
             best[which] = best[which].min(t.elapsed().as_secs_f64());
             best_cpu[which] = best_cpu[which].min(thread_cpu() - cpu);
@@ -277,7 +298,11 @@ fn run(args: &Args, brokers: &str, topic: &str) -> Result<()> {
         "weft      KafkaPart (reclock + parse_event)         ",
     ];
     for &i in &selected {
-        let extra = if i == 2 { format!("  ({weft_errors} error records)") } else { String::new() };
+        let extra = if i == 2 {
+            format!("  ({weft_errors} error records)")
+        } else {
+            String::new()
+        };
         println!(
             "  {} {:>7.2} s {:>10.0} events/s   cpu {:>6.2} s {:>10.0} events/cpu-s{extra}",
             labels[i],

@@ -25,12 +25,19 @@ fn admin(brokers: &str) -> Result<AdminClient<DefaultClientContext>, KafkaError>
 }
 
 fn options() -> AdminOptions {
-    AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT))
+    AdminOptions::new()
+        .operation_timeout(Some(ADMIN_TIMEOUT))
+        .request_timeout(Some(ADMIN_TIMEOUT))
 }
 
 /// Creates `topic` with `partitions` partitions (replication factor 1) and the
 /// given topic configs. Returns `false` if it already existed.
-pub fn create_topic(brokers: &str, topic: &str, partitions: i32, config: &[(&str, &str)]) -> Result<bool, KafkaError> {
+pub fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> Result<bool, KafkaError> {
     let admin = admin(brokers)?;
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     for (k, v) in config {
@@ -56,8 +63,9 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32, config: &[(&str
 /// Grows `topic` to `total` partitions.
 pub fn add_partitions(brokers: &str, topic: &str, total: usize) -> Result<(), KafkaError> {
     let admin = admin(brokers)?;
-    let results = block_on(admin.create_partitions([&NewPartitions::new(topic, total)], &options()))
-        .map_err(|e| KafkaError::client(format!("cannot add partitions to {topic}"), e))?;
+    let results =
+        block_on(admin.create_partitions([&NewPartitions::new(topic, total)], &options()))
+            .map_err(|e| KafkaError::client(format!("cannot add partitions to {topic}"), e))?;
     for r in results {
         if let Err((t, code)) = r {
             return Err(KafkaError::client(
@@ -81,7 +89,10 @@ pub fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), KafkaError> {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
             Err((t, code)) => {
-                return Err(KafkaError::client(format!("cannot delete topic {t}"), rdkafka::error::KafkaError::AdminOp(code)))
+                return Err(KafkaError::client(
+                    format!("cannot delete topic {t}"),
+                    rdkafka::error::KafkaError::AdminOp(code),
+                ))
             }
         }
     }
@@ -98,11 +109,15 @@ pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<usize>, Kafk
     let md = consumer
         .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
         .map_err(|e| KafkaError::client(format!("cannot read metadata of {topic}"), e))?;
-    Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
-        if t.error().is_some() || t.partitions().is_empty() {
-            None
-        } else {
-            Some(t.partitions().len())
-        }
-    }))
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .and_then(|t| {
+            if t.error().is_some() || t.partitions().is_empty() {
+                None
+            } else {
+                Some(t.partitions().len())
+            }
+        }))
 }

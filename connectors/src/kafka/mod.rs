@@ -72,11 +72,17 @@ pub enum KafkaError {
 
 impl KafkaError {
     pub(crate) fn client(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
-        KafkaError::Client { context: context.into(), source }
+        KafkaError::Client {
+            context: context.into(),
+            source,
+        }
     }
 
     pub(crate) fn state(context: impl Into<String>, source: io::Error) -> Self {
-        KafkaError::State { context: context.into(), source }
+        KafkaError::State {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -113,7 +119,9 @@ pub fn validate_options(options: &BTreeMap<String, String>) -> Result<(), String
     for key in options.keys() {
         let k = key.trim();
         if let Some((_, why)) = OWNED_OPTIONS.iter().find(|(owned, _)| *owned == k) {
-            return Err(format!("librdkafka option `{k}` cannot be set in a job: {why}; remove it."));
+            return Err(format!(
+                "librdkafka option `{k}` cannot be set in a job: {why}; remove it."
+            ));
         }
     }
     Ok(())
@@ -121,7 +129,11 @@ pub fn validate_options(options: &BTreeMap<String, String>) -> Result<(), String
 
 /// A client configuration: brokers, then the job's options (already
 /// validated), then nothing Weft-owned (callers add those last).
-pub(crate) fn client_config(brokers: &str, options: &BTreeMap<String, String>, client_id: &str) -> ClientConfig {
+pub(crate) fn client_config(
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+    client_id: &str,
+) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers);
     cfg.set("client.id", client_id);
@@ -133,7 +145,10 @@ pub(crate) fn client_config(brokers: &str, options: &BTreeMap<String, String>, c
 
 /// Milliseconds since the Unix epoch, by the wall clock.
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Runs a future to completion on this thread (for rdkafka's admin futures,

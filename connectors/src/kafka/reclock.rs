@@ -94,7 +94,9 @@ pub fn source_dir(state_dir: &Path, source: &str) -> PathBuf {
 
 /// Path of the binding log of one partition.
 pub fn log_path(state_dir: &Path, source: &str, topic: &str, partition: i32) -> PathBuf {
-    source_dir(state_dir, source).join(escape(topic)).join(partition.to_string())
+    source_dir(state_dir, source)
+        .join(escape(topic))
+        .join(partition.to_string())
 }
 
 /// Partitions of `topic` that have a binding log for `source`.
@@ -143,7 +145,11 @@ impl BindingLog {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
         if created {
             // Make the new directory entry durable too.
             file.sync_all()?;
@@ -160,9 +166,16 @@ impl BindingLog {
             line_no += 1;
             let line = &rest[..nl];
             let b = parse_line(line).ok_or_else(|| {
-                invalid(&path, format!("line {line_no} is not `time lo hi`: {:?}", String::from_utf8_lossy(line)))
+                invalid(
+                    &path,
+                    format!(
+                        "line {line_no} is not `time lo hi`: {:?}",
+                        String::from_utf8_lossy(line)
+                    ),
+                )
             })?;
-            push_checked(&mut bindings, b).map_err(|m| invalid(&path, format!("line {line_no}: {m}")))?;
+            push_checked(&mut bindings, b)
+                .map_err(|m| invalid(&path, format!("line {line_no}: {m}")))?;
             good += nl + 1;
             rest = &rest[nl + 1..];
         }
@@ -171,7 +184,12 @@ impl BindingLog {
             file.set_len(good as u64)?;
             file.sync_all()?;
         }
-        Ok(BindingLog { path, file, len: good as u64, bindings })
+        Ok(BindingLog {
+            path,
+            file,
+            len: good as u64,
+            bindings,
+        })
     }
 
     /// The entries, merged (neighbours have different times).
@@ -213,9 +231,17 @@ impl BindingLog {
     /// cut off again, so the file never keeps half an entry.
     pub fn append_unsynced(&mut self, time: u64, lo: u64, hi: u64) -> io::Result<()> {
         let b = Binding { time, lo, hi };
-        let mut check = self.bindings.last().copied().into_iter().collect::<Vec<_>>();
+        let mut check = self
+            .bindings
+            .last()
+            .copied()
+            .into_iter()
+            .collect::<Vec<_>>();
         push_checked(&mut check, b).map_err(|m| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("{}: refusing binding: {m}", self.path.display()))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: refusing binding: {m}", self.path.display()),
+            )
         })?;
         let line = format!("{time} {lo} {hi}\n");
         if let Err(e) = self.file.write_all(line.as_bytes()) {
@@ -244,7 +270,9 @@ pub fn sync_all(logs: &[&BindingLog]) -> io::Result<()> {
             let handles: Vec<_> = logs.iter().map(|log| s.spawn(move || log.sync())).collect();
             let mut result = Ok(());
             for h in handles {
-                let r = h.join().unwrap_or_else(|_| Err(io::Error::other("sync thread panicked")));
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("sync thread panicked")));
                 if result.is_ok() {
                     result = r;
                 }
@@ -255,13 +283,20 @@ pub fn sync_all(logs: &[&BindingLog]) -> io::Result<()> {
 }
 
 fn invalid(path: &Path, message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("{}: {message}", path.display()))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: {message}", path.display()),
+    )
 }
 
 fn parse_line(line: &[u8]) -> Option<Binding> {
     let s = std::str::from_utf8(line).ok()?;
     let mut it = s.split(' ');
-    let b = Binding { time: it.next()?.parse().ok()?, lo: it.next()?.parse().ok()?, hi: it.next()?.parse().ok()? };
+    let b = Binding {
+        time: it.next()?.parse().ok()?,
+        lo: it.next()?.parse().ok()?,
+        hi: it.next()?.parse().ok()?,
+    };
     it.next().is_none().then_some(b)
 }
 
@@ -272,7 +307,10 @@ fn push_checked(bindings: &mut Vec<Binding>, b: Binding) -> Result<(), String> {
     }
     if let Some(last) = bindings.last_mut() {
         if b.lo != last.hi {
-            return Err(format!("range [{}, {}) does not start where the previous one ended ({})", b.lo, b.hi, last.hi));
+            return Err(format!(
+                "range [{}, {}) does not start where the previous one ended ({})",
+                b.lo, b.hi, last.hi
+            ));
         }
         if b.time < last.time {
             return Err(format!("time {} goes back from {}", b.time, last.time));
@@ -296,7 +334,10 @@ pub struct ReplayCursor {
 impl ReplayCursor {
     /// A cursor at the first binding.
     pub fn new(bindings: &[Binding]) -> Self {
-        ReplayCursor { bindings: bindings.to_vec(), next: 0 }
+        ReplayCursor {
+            bindings: bindings.to_vec(),
+            next: 0,
+        }
     }
 
     /// The recorded time of `offset`, or `None` if it lies past the last
@@ -365,12 +406,28 @@ mod tests {
         let mut log = BindingLog::open(path.clone()).unwrap();
         assert_eq!(
             log.bindings(),
-            &[Binding { time: 100, lo: 5, hi: 12 }, Binding { time: 200, lo: 12, hi: 20 }]
+            &[
+                Binding {
+                    time: 100,
+                    lo: 5,
+                    hi: 12
+                },
+                Binding {
+                    time: 200,
+                    lo: 12,
+                    hi: 20
+                }
+            ]
         );
         log.append(300, 20, 25).unwrap();
         assert_eq!(BindingLog::open(path).unwrap().max_time(), Some(300));
-        assert_eq!(recorded_partitions(dir.path(), "src/1", "events").unwrap(), vec![3]);
-        assert!(recorded_partitions(dir.path(), "other", "events").unwrap().is_empty());
+        assert_eq!(
+            recorded_partitions(dir.path(), "src/1", "events").unwrap(),
+            vec![3]
+        );
+        assert!(recorded_partitions(dir.path(), "other", "events")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -385,7 +442,18 @@ mod tests {
 
     #[test]
     fn cursor_follows_offsets() {
-        let bs = [Binding { time: 1, lo: 0, hi: 3 }, Binding { time: 4, lo: 3, hi: 7 }];
+        let bs = [
+            Binding {
+                time: 1,
+                lo: 0,
+                hi: 3,
+            },
+            Binding {
+                time: 4,
+                lo: 3,
+                hi: 7,
+            },
+        ];
         let mut c = ReplayCursor::new(&bs);
         assert_eq!(c.pending_time(), Some(1));
         assert_eq!(c.time_of(0), Some(1));

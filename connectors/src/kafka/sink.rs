@@ -115,7 +115,9 @@ impl KafkaKey for (CountKey, isize) {
 
 impl KafkaKey for ErrorRecord {
     fn kafka_key(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(format!("{}:{}:{}", self.source, self.partition, self.offset).as_bytes());
+        out.extend_from_slice(
+            format!("{}:{}:{}", self.source, self.partition, self.offset).as_bytes(),
+        );
     }
 }
 
@@ -159,12 +161,22 @@ impl KafkaSinkConfig {
 
     /// Checks the settings without contacting the brokers.
     pub fn validate(&self) -> Result<(), KafkaError> {
-        let KafkaSinkConfig { name, brokers, topic, options, transactional_id } = self;
+        let KafkaSinkConfig {
+            name,
+            brokers,
+            topic,
+            options,
+            transactional_id,
+        } = self;
         if brokers.trim().is_empty() {
-            return Err(KafkaError::Config(format!("Kafka sink {name:?} has no brokers; set `brokers` to host:port.")));
+            return Err(KafkaError::Config(format!(
+                "Kafka sink {name:?} has no brokers; set `brokers` to host:port."
+            )));
         }
         if topic.is_empty() {
-            return Err(KafkaError::Config(format!("Kafka sink {name:?} has no topic; set `topic`.")));
+            return Err(KafkaError::Config(format!(
+                "Kafka sink {name:?} has no topic; set `topic`."
+            )));
         }
         if transactional_id.is_empty() {
             return Err(KafkaError::Config(format!(
@@ -252,22 +264,39 @@ impl TxnWriter {
             admin::create_topic(&config.brokers, &progress_topic, 1, &[])?;
         }
         // STEP 2. Fence zombies and abort their open transaction.
-        let mut cfg = client_config(&config.brokers, &config.options, &format!("weft-sink-{}", config.name));
-        cfg.set("transactional.id", &config.transactional_id).set("enable.idempotence", "true");
+        let mut cfg = client_config(
+            &config.brokers,
+            &config.options,
+            &format!("weft-sink-{}", config.name),
+        );
+        cfg.set("transactional.id", &config.transactional_id)
+            .set("enable.idempotence", "true");
         let producer: BaseProducer<SinkContext> = cfg
             .create_with_context(SinkContext::default())
-            .map_err(|e| KafkaError::client(format!("cannot create a producer for sink {:?}", config.name), e))?;
+            .map_err(|e| {
+            KafkaError::client(
+                format!("cannot create a producer for sink {:?}", config.name),
+                e,
+            )
+        })?;
         producer.init_transactions(TXN_TIMEOUT).map_err(|e| {
             KafkaError::client(
-                format!("sink {:?} cannot initialize transactions (transactional.id {:?})", config.name, config.transactional_id),
+                format!(
+                    "sink {:?} cannot initialize transactions (transactional.id {:?})",
+                    config.name, config.transactional_id
+                ),
                 e,
             )
         })?;
         // STEP 3. What did the last run commit?
         let restored = read_progress(config, &progress_topic)?;
         match restored {
-            Some(Some(f)) => tracing::info!(sink = %config.name, topic = %config.topic, "resuming: times before {f} were committed"),
-            Some(None) => tracing::info!(sink = %config.name, topic = %config.topic, "output was already complete"),
+            Some(Some(f)) => {
+                tracing::info!(sink = %config.name, topic = %config.topic, "resuming: times before {f} were committed")
+            }
+            Some(None) => {
+                tracing::info!(sink = %config.name, topic = %config.topic, "output was already complete")
+            }
             None => {}
         }
         let restored = restored.unwrap_or(Some(0));
@@ -295,9 +324,18 @@ impl TxnWriter {
 
     /// Queues a record for the next commit; sends the queue early (in the
     /// open transaction) once it holds more than [`MAX_BUFFERED_BYTES`].
-    fn queue(&mut self, key: Vec<u8>, value: Vec<u8>, headers: Vec<(&'static str, Vec<u8>)>) -> io::Result<()> {
+    fn queue(
+        &mut self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        headers: Vec<(&'static str, Vec<u8>)>,
+    ) -> io::Result<()> {
         self.buffered_bytes += key.len() + value.len() + 64;
-        self.buffer.push(Pending { key, value, headers });
+        self.buffer.push(Pending {
+            key,
+            value,
+            headers,
+        });
         self.written += 1;
         if self.buffered_bytes > MAX_BUFFERED_BYTES {
             self.send_buffer()?;
@@ -307,9 +345,12 @@ impl TxnWriter {
 
     fn begin(&mut self) -> io::Result<()> {
         if !self.in_txn {
-            self.producer
-                .begin_transaction()
-                .map_err(|e| io::Error::other(format!("Kafka sink {:?}: cannot begin a transaction: {e}", self.config.name)))?;
+            self.producer.begin_transaction().map_err(|e| {
+                io::Error::other(format!(
+                    "Kafka sink {:?}: cannot begin a transaction: {e}",
+                    self.config.name
+                ))
+            })?;
             self.in_txn = true;
         }
         Ok(())
@@ -324,7 +365,10 @@ impl TxnWriter {
         for p in std::mem::take(&mut self.buffer) {
             let mut headers = OwnedHeaders::new_with_capacity(p.headers.len());
             for (k, v) in &p.headers {
-                headers = headers.insert(Header { key: k, value: Some(&v[..]) });
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(&v[..]),
+                });
             }
             self.send(&topic, &p.key, &p.value, headers)?;
         }
@@ -334,13 +378,24 @@ impl TxnWriter {
     }
 
     /// Sends one record in the open transaction, waiting out a full queue.
-    fn send(&mut self, topic: &str, key: &[u8], value: &[u8], headers: OwnedHeaders) -> io::Result<()> {
-        let mut record = BaseRecord::to(topic).key(key).payload(value).headers(headers);
+    fn send(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+        headers: OwnedHeaders,
+    ) -> io::Result<()> {
+        let mut record = BaseRecord::to(topic)
+            .key(key)
+            .payload(value)
+            .headers(headers);
         let started = Instant::now();
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) if started.elapsed() < SEND_TIMEOUT => {
+                Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                    if started.elapsed() < SEND_TIMEOUT =>
+                {
                     record = r;
                     self.producer.poll(Duration::from_millis(10));
                 }
@@ -365,7 +420,10 @@ impl TxnWriter {
         self.send_buffer()?;
         self.begin()?;
         let key = self.config.name.clone().into_bytes();
-        let value = serde_json::to_vec(&serde_json::json!({ "sink": self.config.name, "frontier": frontier })).expect("json");
+        let value = serde_json::to_vec(
+            &serde_json::json!({ "sink": self.config.name, "frontier": frontier }),
+        )
+        .expect("json");
         let topic = self.progress_topic.clone();
         self.send(&topic, &key, &value, OwnedHeaders::new())?;
         // STEP 2. Commit, retrying what librdkafka says is retriable.
@@ -379,7 +437,13 @@ impl TxnWriter {
                     std::thread::sleep(Duration::from_millis(100 << attempt));
                 }
                 Err(e) => {
-                    let failure = self.producer.context().first_failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let failure = self
+                        .producer
+                        .context()
+                        .first_failure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take();
                     let context = match failure {
                         Some(f) => format!("cannot commit (a record was not delivered: {f})"),
                         None => "cannot commit".to_string(),
@@ -425,29 +489,46 @@ impl Drop for TxnWriter {
 ///
 /// Scans backwards from the end of the progress topic in growing windows, so
 /// the cost does not grow with the topic's length.
-fn read_progress(config: &KafkaSinkConfig, progress_topic: &str) -> Result<Option<Frontier>, KafkaError> {
-    let mut cfg = client_config(&config.brokers, &config.options, &format!("weft-sink-{}-progress", config.name));
+fn read_progress(
+    config: &KafkaSinkConfig,
+    progress_topic: &str,
+) -> Result<Option<Frontier>, KafkaError> {
+    let mut cfg = client_config(
+        &config.brokers,
+        &config.options,
+        &format!("weft-sink-{}-progress", config.name),
+    );
     cfg.set("group.id", format!("weft-sink-{}", config.name))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
-    let consumer: BaseConsumer = cfg
-        .create()
-        .map_err(|e| KafkaError::client(format!("cannot create a consumer for {progress_topic}"), e))?;
-    let context = || format!("sink {:?} cannot read its progress from {progress_topic}", config.name);
+    let consumer: BaseConsumer = cfg.create().map_err(|e| {
+        KafkaError::client(format!("cannot create a consumer for {progress_topic}"), e)
+    })?;
+    let context = || {
+        format!(
+            "sink {:?} cannot read its progress from {progress_topic}",
+            config.name
+        )
+    };
     // The watermarks only place the first window: the first window is read
     // to the end of the partition, because some brokers (tansu) under-report
     // the high watermark in ListOffsets.
-    let (low, high) = consumer.fetch_watermarks(progress_topic, 0, TXN_TIMEOUT).map_err(|e| KafkaError::client(context(), e))?;
+    let (low, high) = consumer
+        .fetch_watermarks(progress_topic, 0, TXN_TIMEOUT)
+        .map_err(|e| KafkaError::client(context(), e))?;
     let (low, high) = (low.max(0) as u64, high.max(0) as u64);
     let mut end: Option<u64> = None;
     let mut window = 256u64;
     loop {
         let start = end.unwrap_or(high).saturating_sub(window).max(low);
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(progress_topic, 0, Offset::Offset(start as i64)).map_err(|e| KafkaError::client(context(), e))?;
-        consumer.assign(&tpl).map_err(|e| KafkaError::client(context(), e))?;
+        tpl.add_partition_offset(progress_topic, 0, Offset::Offset(start as i64))
+            .map_err(|e| KafkaError::client(context(), e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| KafkaError::client(context(), e))?;
         let deadline = Instant::now() + TXN_TIMEOUT;
         let mut found = None;
         loop {
@@ -502,7 +583,10 @@ pub struct KafkaSink {
 
 impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSink").field("config", &self.writer.config).field("committed", &self.writer.committed).finish()
+        f.debug_struct("KafkaSink")
+            .field("config", &self.writer.config)
+            .field("committed", &self.writer.committed)
+            .finish()
     }
 }
 
@@ -510,7 +594,9 @@ impl KafkaSink {
     /// Opens the sink: fences older producers with the same transactional id
     /// and reads the last committed progress.
     pub fn open(config: &KafkaSinkConfig) -> Result<Self, KafkaError> {
-        Ok(KafkaSink { writer: TxnWriter::open(config)? })
+        Ok(KafkaSink {
+            writer: TxnWriter::open(config)?,
+        })
     }
 
     /// The frontier committed so far (by this run or an earlier one):
@@ -533,7 +619,11 @@ impl KafkaSink {
 
 /// Appends `{"op":…,"diff":D,"time":T,"data":…}`.
 fn encode_change<D: WriteJson>(out: &mut Vec<u8>, time: u64, diff: isize, data: &D) {
-    out.extend_from_slice(if diff > 0 { b"{\"op\":\"insert\",\"diff\":" } else { b"{\"op\":\"delete\",\"diff\":" });
+    out.extend_from_slice(if diff > 0 {
+        b"{\"op\":\"insert\",\"diff\":"
+    } else {
+        b"{\"op\":\"delete\",\"diff\":"
+    });
     out.extend_from_slice(diff.to_string().as_bytes());
     out.extend_from_slice(b",\"time\":");
     out.extend_from_slice(time.to_string().as_bytes());
@@ -572,14 +662,19 @@ pub struct DeadLetterSink {
 
 impl std::fmt::Debug for DeadLetterSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadLetterSink").field("config", &self.writer.config).field("committed", &self.writer.committed).finish()
+        f.debug_struct("DeadLetterSink")
+            .field("config", &self.writer.config)
+            .field("committed", &self.writer.committed)
+            .finish()
     }
 }
 
 impl DeadLetterSink {
     /// Opens the sink (see [`KafkaSink::open`]).
     pub fn open(config: &KafkaSinkConfig) -> Result<Self, KafkaError> {
-        Ok(DeadLetterSink { writer: TxnWriter::open(config)? })
+        Ok(DeadLetterSink {
+            writer: TxnWriter::open(config)?,
+        })
     }
 
     /// The frontier committed so far: `[]` if the output is complete.
@@ -629,15 +724,28 @@ mod tests {
         (CountKey::Type(EventType::Track), 3isize).kafka_key(&mut k);
         assert_eq!(k, b"type:track");
         let mut v = Vec::new();
-        encode_change(&mut v, 7, -2, &(CountKey::Rejected(RejectReason::Empty), 3isize));
+        encode_change(
+            &mut v,
+            7,
+            -2,
+            &(CountKey::Rejected(RejectReason::Empty), 3isize),
+        );
         let j: serde_json::Value = serde_json::from_slice(&v).unwrap();
         assert_eq!(j["op"], "delete");
         assert_eq!(j["diff"], -2);
         assert_eq!(j["time"], 7);
         assert_eq!(j["data"]["key"], "empty");
-        assert_eq!(parse_progress(br#"{"sink":"s","frontier":[12]}"#), Some(Some(12)));
+        assert_eq!(
+            parse_progress(br#"{"sink":"s","frontier":[12]}"#),
+            Some(Some(12))
+        );
         assert_eq!(parse_progress(br#"{"sink":"s","frontier":[]}"#), Some(None));
         assert_eq!(parse_progress(b"{}"), None);
-        assert!(beyond(Some(3), Some(2)) && beyond(None, Some(9)) && !beyond(Some(2), Some(2)) && !beyond(Some(1), None));
+        assert!(
+            beyond(Some(3), Some(2))
+                && beyond(None, Some(9))
+                && !beyond(Some(2), Some(2))
+                && !beyond(Some(1), None)
+        );
     }
 }

@@ -109,7 +109,12 @@ pub struct KafkaSourceConfig {
 
 impl KafkaSourceConfig {
     /// A configuration with the defaults: no options, 100 ms ticks, unbounded.
-    pub fn new(name: impl Into<String>, brokers: impl Into<String>, topics: Vec<String>, state_dir: PathBuf) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        brokers: impl Into<String>,
+        topics: Vec<String>,
+        state_dir: PathBuf,
+    ) -> Self {
         KafkaSourceConfig {
             name: name.into(),
             brokers: brokers.into(),
@@ -124,20 +129,38 @@ impl KafkaSourceConfig {
 
     /// Checks the settings without contacting the brokers.
     pub fn validate(&self) -> Result<(), KafkaError> {
-        let KafkaSourceConfig { name, brokers, topics, options, state_dir: _, tick_ms, bounded: _, source_index: _ } = self;
+        let KafkaSourceConfig {
+            name,
+            brokers,
+            topics,
+            options,
+            state_dir: _,
+            tick_ms,
+            bounded: _,
+            source_index: _,
+        } = self;
         if brokers.trim().is_empty() {
-            return Err(KafkaError::Config(format!("Kafka source {name:?} has no brokers; set `brokers` to host:port.")));
+            return Err(KafkaError::Config(format!(
+                "Kafka source {name:?} has no brokers; set `brokers` to host:port."
+            )));
         }
         if topics.is_empty() {
-            return Err(KafkaError::Config(format!("Kafka source {name:?} has no topics; list at least one.")));
+            return Err(KafkaError::Config(format!(
+                "Kafka source {name:?} has no topics; list at least one."
+            )));
         }
         let mut sorted = topics.clone();
         sorted.sort();
         if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-            return Err(KafkaError::Config(format!("Kafka source {name:?} lists topic {:?} twice; list it once.", w[0])));
+            return Err(KafkaError::Config(format!(
+                "Kafka source {name:?} lists topic {:?} twice; list it once.",
+                w[0]
+            )));
         }
         if *tick_ms == 0 {
-            return Err(KafkaError::Config(format!("Kafka source {name:?} has tick_ms = 0; use a positive tick.")));
+            return Err(KafkaError::Config(format!(
+                "Kafka source {name:?} has tick_ms = 0; use a positive tick."
+            )));
         }
         validate_options(options).map_err(KafkaError::Config)
     }
@@ -168,35 +191,64 @@ impl KafkaSourceConfig {
         };
         for (t, topic) in self.topics.iter().enumerate() {
             // STEP 1. One consumer per topic, manually assigned.
-            let mut cfg = client_config(&self.brokers, &self.options, &format!("weft-{}-{worker}-{t}", self.name));
+            let mut cfg = client_config(
+                &self.brokers,
+                &self.options,
+                &format!("weft-{}-{worker}-{t}", self.name),
+            );
             cfg.set("group.id", format!("weft-{}", self.name))
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "earliest")
                 .set("isolation.level", "read_committed")
                 .set("enable.partition.eof", "true");
-            let consumer: BaseConsumer = cfg
-                .create()
-                .map_err(|e| KafkaError::client(format!("cannot create a Kafka consumer for source {:?}", self.name), e))?;
-            let count = partition_count(&consumer, topic, &self.brokers, METADATA_TIMEOUT)?.ok_or_else(|| {
-                KafkaError::Config(format!(
-                    "Kafka source {:?}: topic {topic:?} does not exist on {}; create it first.",
-                    self.name, self.brokers
-                ))
+            let consumer: BaseConsumer = cfg.create().map_err(|e| {
+                KafkaError::client(
+                    format!("cannot create a Kafka consumer for source {:?}", self.name),
+                    e,
+                )
             })?;
-            part.topics.push(TopicReader { topic: topic.clone(), consumer, known: 0, index: Vec::new() });
+            let count = partition_count(&consumer, topic, &self.brokers, METADATA_TIMEOUT)?
+                .ok_or_else(|| {
+                    KafkaError::Config(format!(
+                        "Kafka source {:?}: topic {topic:?} does not exist on {}; create it first.",
+                        self.name, self.brokers
+                    ))
+                })?;
+            part.topics.push(TopicReader {
+                topic: topic.clone(),
+                consumer,
+                known: 0,
+                index: Vec::new(),
+            });
             // STEP 2. Partitions: those the brokers know, plus those we hold bindings for.
             let mut partitions: Vec<i32> = (0..count as i32).collect();
             let recorded = reclock::recorded_partitions(&self.state_dir, &self.name, topic)
-                .map_err(|e| KafkaError::state(format!("cannot list reclock state of source {:?}", self.name), e))?;
+                .map_err(|e| {
+                    KafkaError::state(
+                        format!("cannot list reclock state of source {:?}", self.name),
+                        e,
+                    )
+                })?;
             partitions.extend(recorded);
             partitions.sort_unstable();
             partitions.dedup();
             let known = partitions.last().map_or(0, |p| *p as usize + 1);
-            part.add_partitions(t, partitions.into_iter().filter(|&p| owner(topic, p, self.source_index, peers) == worker).collect())?;
+            part.add_partitions(
+                t,
+                partitions
+                    .into_iter()
+                    .filter(|&p| owner(topic, p, self.source_index, peers) == worker)
+                    .collect(),
+            )?;
             part.topics[t].known = known;
         }
-        part.floor = part.parts.iter().filter_map(|p| p.log.max_time()).max().map_or(0, |t| t + self.tick_ms);
+        part.floor = part
+            .parts
+            .iter()
+            .filter_map(|p| p.log.max_time())
+            .max()
+            .map_or(0, |t| t + self.tick_ms);
         Ok(part)
     }
 }
@@ -220,16 +272,23 @@ fn partition_count(
     brokers: &str,
     timeout: Duration,
 ) -> Result<Option<usize>, KafkaError> {
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| KafkaError::client(format!("cannot read metadata of topic {topic:?} from {brokers}"), e))?;
-    Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
-        if t.error().is_some() || t.partitions().is_empty() {
-            None
-        } else {
-            Some(t.partitions().len())
-        }
-    }))
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
+        KafkaError::client(
+            format!("cannot read metadata of topic {topic:?} from {brokers}"),
+            e,
+        )
+    })?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .and_then(|t| {
+            if t.error().is_some() || t.partitions().is_empty() {
+                None
+            } else {
+                Some(t.partitions().len())
+            }
+        }))
 }
 
 /// The consumer of one topic.
@@ -297,7 +356,10 @@ impl std::fmt::Debug for KafkaPart {
 impl KafkaPart {
     /// The `(topic, partition)` pairs this part reads, in the order assigned.
     pub fn assigned(&self) -> Vec<(String, i32)> {
-        self.parts.iter().map(|p| (p.topic.clone(), p.partition)).collect()
+        self.parts
+            .iter()
+            .map(|p| (p.topic.clone(), p.partition))
+            .collect()
     }
 
     /// Opens the binding logs of new partitions of topic `t` and adds them
@@ -310,9 +372,14 @@ impl KafkaPart {
         let mut tpl = TopicPartitionList::new();
         let mut new = Vec::new();
         for partition in partitions {
-            let path = reclock::log_path(&self.config.state_dir, &self.config.name, &topic, partition);
-            let log = BindingLog::open(path.clone())
-                .map_err(|e| KafkaError::state(format!("cannot open reclock bindings {}", path.display()), e))?;
+            let path =
+                reclock::log_path(&self.config.state_dir, &self.config.name, &topic, partition);
+            let log = BindingLog::open(path.clone()).map_err(|e| {
+                KafkaError::state(
+                    format!("cannot open reclock bindings {}", path.display()),
+                    e,
+                )
+            })?;
             let start = match log.lower() {
                 Some(lo) => {
                     tracing::info!(source = %self.config.name, topic = %topic, partition, bindings = log.bindings().len(),
@@ -323,8 +390,13 @@ impl KafkaPart {
             };
             if let Some(total) = &mut self.total {
                 // An estimate: see the module docs on watermarks.
-                if let Ok((low, high)) = self.topics[t].consumer.fetch_watermarks(&topic, partition, METADATA_TIMEOUT) {
-                    *total += (high.max(0) as u64).saturating_sub(log.lower().unwrap_or(low.max(0) as u64));
+                if let Ok((low, high)) =
+                    self.topics[t]
+                        .consumer
+                        .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+                {
+                    *total += (high.max(0) as u64)
+                        .saturating_sub(log.lower().unwrap_or(low.max(0) as u64));
                 }
             }
             tpl.add_partition_offset(&topic, partition, start)
@@ -345,7 +417,15 @@ impl KafkaPart {
         self.topics[t]
             .consumer
             .incremental_assign(&tpl)
-            .map_err(|e| KafkaError::client(format!("cannot assign partitions of {topic} to source {:?}", self.config.name), e))?;
+            .map_err(|e| {
+                KafkaError::client(
+                    format!(
+                        "cannot assign partitions of {topic} to source {:?}",
+                        self.config.name
+                    ),
+                    e,
+                )
+            })?;
         for ps in new {
             let index = &mut self.topics[t].index;
             let p = ps.partition as usize;
@@ -362,7 +442,12 @@ impl KafkaPart {
     fn refresh(&mut self) {
         for t in 0..self.topics.len() {
             let reader = &self.topics[t];
-            let count = match partition_count(&reader.consumer, &reader.topic, &self.config.brokers, REFRESH_TIMEOUT) {
+            let count = match partition_count(
+                &reader.consumer,
+                &reader.topic,
+                &self.config.brokers,
+                REFRESH_TIMEOUT,
+            ) {
                 Ok(Some(c)) => c,
                 Ok(None) => continue,
                 Err(e) => {
@@ -374,14 +459,18 @@ impl KafkaPart {
                 continue;
             }
             let new: Vec<i32> = (reader.known as i32..count as i32)
-                .filter(|&p| owner(&reader.topic, p, self.config.source_index, self.peers) == self.worker)
+                .filter(|&p| {
+                    owner(&reader.topic, p, self.config.source_index, self.peers) == self.worker
+                })
                 .collect();
             for p in &new {
                 tracing::info!(source = %self.config.name, topic = %reader.topic, partition = p, "reading a new partition");
             }
             match self.add_partitions(t, new) {
                 Ok(()) => self.topics[t].known = count,
-                Err(e) => tracing::warn!(source = %self.config.name, "cannot read new partitions (will retry): {e}"),
+                Err(e) => {
+                    tracing::warn!(source = %self.config.name, "cannot read new partitions (will retry): {e}")
+                }
             }
         }
     }
@@ -392,7 +481,9 @@ impl KafkaPart {
     fn bind(&mut self) -> bool {
         // STEP 1. Append every pending entry.
         for ps in &mut self.parts {
-            let Some((time, lo, hi)) = ps.batch else { continue };
+            let Some((time, lo, hi)) = ps.batch else {
+                continue;
+            };
             if let Err(e) = ps.log.append_unsynced(time, lo, hi) {
                 tracing::error!(source = %self.config.name, topic = %ps.topic, partition = ps.partition,
                     "cannot record reclock binding, holding records back: {e}");
@@ -403,7 +494,12 @@ impl KafkaPart {
             ps.unsynced = true;
         }
         // STEP 2. Sync them all at once.
-        let logs: Vec<&BindingLog> = self.parts.iter().filter(|p| p.unsynced).map(|p| &p.log).collect();
+        let logs: Vec<&BindingLog> = self
+            .parts
+            .iter()
+            .filter(|p| p.unsynced)
+            .map(|p| &p.log)
+            .collect();
         if let Err(e) = reclock::sync_all(&logs) {
             tracing::error!(source = %self.config.name, "cannot sync reclock bindings, holding records back: {e}");
             return false;
@@ -431,7 +527,14 @@ impl KafkaPart {
 
     /// A partition of topic `t` reached the end of its log.
     fn at_end(&mut self, t: usize, partition: i32) {
-        let Some(idx) = self.topics[t].index.get(partition as usize).copied().flatten() else { return };
+        let Some(idx) = self.topics[t]
+            .index
+            .get(partition as usize)
+            .copied()
+            .flatten()
+        else {
+            return;
+        };
         let ps = &mut self.parts[idx];
         if !ps.replay.done() {
             // The recorded offsets are gone (retention, or the topic was recreated).
@@ -446,7 +549,12 @@ impl KafkaPart {
     }
 
     fn lower(&self) -> u64 {
-        let replay = self.parts.iter().filter(|p| !p.done).filter_map(|p| p.replay.pending_time()).min();
+        let replay = self
+            .parts
+            .iter()
+            .filter(|p| !p.done)
+            .filter_map(|p| p.replay.pending_time())
+            .min();
         let staged = self.staged.iter().map(|(_, t)| *t).min();
         let mut lower = self.live_time;
         for t in [replay, staged, self.ready_min].into_iter().flatten() {
@@ -456,7 +564,10 @@ impl KafkaPart {
     }
 
     fn finished(&self) -> bool {
-        self.config.bounded && self.staged.is_empty() && self.ready.is_empty() && self.parts.iter().all(|p| p.done)
+        self.config.bounded
+            && self.staged.is_empty()
+            && self.ready.is_empty()
+            && self.parts.iter().all(|p| p.done)
     }
 
     /// Reads up to `budget` records of topic `t` into the staging area.
@@ -476,7 +587,14 @@ impl KafkaPart {
                     break;
                 }
             };
-            let Some(idx) = self.topics[t].index.get(msg.partition() as usize).copied().flatten() else { continue };
+            let Some(idx) = self.topics[t]
+                .index
+                .get(msg.partition() as usize)
+                .copied()
+                .flatten()
+            else {
+                continue;
+            };
             let offset = msg.offset().max(0) as u64;
             let ps = &mut self.parts[idx];
             if ps.done {
@@ -489,7 +607,9 @@ impl KafkaPart {
                     t.max(self.last_lower)
                 }
                 None => {
-                    let lo = ps.batch.map_or(ps.next_lo.unwrap_or(offset), |(_, lo, _)| lo);
+                    let lo = ps
+                        .batch
+                        .map_or(ps.next_lo.unwrap_or(offset), |(_, lo, _)| lo);
                     ps.batch = Some((self.live_time, lo, offset + 1));
                     self.live_time
                 }
@@ -497,9 +617,26 @@ impl KafkaPart {
             // The Kafka timestamp stands in for a missing `receivedAt`;
             // it is part of the log, so a replay decodes the same event.
             let payload = msg.payload().unwrap_or(b"");
-            let received = msg.timestamp().to_millis().filter(|t| *t > 0).unwrap_or(time as i64);
-            let decoded = parse_event(payload, &ParseContext { default_received_at_ms: Some(received) })
-                .map_err(|rej| ErrorRecord::new(&self.config.name, msg.partition() as u32, offset, rej, payload));
+            let received = msg
+                .timestamp()
+                .to_millis()
+                .filter(|t| *t > 0)
+                .unwrap_or(time as i64);
+            let decoded = parse_event(
+                payload,
+                &ParseContext {
+                    default_received_at_ms: Some(received),
+                },
+            )
+            .map_err(|rej| {
+                ErrorRecord::new(
+                    &self.config.name,
+                    msg.partition() as u32,
+                    offset,
+                    rej,
+                    payload,
+                )
+            });
             self.staged.push((decoded, time));
             read += 1;
         }
@@ -513,7 +650,10 @@ impl SourcePart for KafkaPart {
         if !self.ready.is_empty() {
             self.hand_out(out, budget);
             self.last_lower = self.lower();
-            return Poll::Pending { lower: self.last_lower, idle: false };
+            return Poll::Pending {
+                lower: self.last_lower,
+                idle: false,
+            };
         }
         if self.finished() {
             return Poll::Done;
@@ -528,7 +668,10 @@ impl SourcePart for KafkaPart {
         let tick = self.config.tick_ms;
         let live = self.live_time.max(now_ms() / tick * tick).max(self.floor);
         if live != self.live_time && !self.staged.is_empty() && !self.bind() {
-            return Poll::Pending { lower: self.last_lower, idle: true };
+            return Poll::Pending {
+                lower: self.last_lower,
+                idle: true,
+            };
         }
         self.live_time = live;
         // STEP 4. Read until the batch is full or the consumers run dry, topics in turn.
@@ -550,7 +693,10 @@ impl SourcePart for KafkaPart {
         }
         // STEP 5. Bind durably (full batch, or caught up), then hand out.
         if !self.staged.is_empty() && (dry || self.staged.len() >= BIND_BATCH) && !self.bind() {
-            return Poll::Pending { lower: self.last_lower, idle: true };
+            return Poll::Pending {
+                lower: self.last_lower,
+                idle: true,
+            };
         }
         let handed = self.hand_out(out, budget);
         if self.finished() {
@@ -559,11 +705,18 @@ impl SourcePart for KafkaPart {
         // STEP 6. Nothing earlier than the oldest pending replay, staged or
         // ready record, or the live time.
         self.last_lower = self.lower();
-        Poll::Pending { lower: self.last_lower, idle: handed == 0 && dry }
+        Poll::Pending {
+            lower: self.last_lower,
+            idle: handed == 0 && dry,
+        }
     }
 
     fn progress(&self) -> PartProgress {
-        PartProgress { consumed: self.records, total: self.total, records: self.records }
+        PartProgress {
+            consumed: self.records,
+            total: self.total,
+            records: self.records,
+        }
     }
 }
 
@@ -581,7 +734,10 @@ mod tests {
                 load[w] += 1;
                 assert_eq!(w, owner("events", p, 0, peers), "deterministic");
             }
-            assert!(load.iter().all(|&n| n == 4), "consecutive partitions spread evenly: {load:?}");
+            assert!(
+                load.iter().all(|&n| n == 4),
+                "consecutive partitions spread evenly: {load:?}"
+            );
         }
         // Another source shifts the spread.
         assert_ne!(owner("events", 0, 0, 3), owner("events", 0, 1, 3));

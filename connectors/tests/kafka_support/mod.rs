@@ -36,12 +36,18 @@ pub fn brokers() -> Option<String> {
             let failure = match out {
                 Ok(o) if o.status.success() => {
                     let stdout = String::from_utf8_lossy(&o.stdout);
-                    if let Some(b) = stdout.lines().find_map(|l| l.strip_prefix("KAFKA_BROKERS=")) {
+                    if let Some(b) = stdout
+                        .lines()
+                        .find_map(|l| l.strip_prefix("KAFKA_BROKERS="))
+                    {
                         return Some(b.trim().to_string());
                     }
                     format!("scripts/kafka.sh start printed no KAFKA_BROKERS line: {stdout}")
                 }
-                Ok(o) => format!("scripts/kafka.sh start failed: {}", String::from_utf8_lossy(&o.stderr)),
+                Ok(o) => format!(
+                    "scripts/kafka.sh start failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ),
                 Err(e) => format!("cannot run scripts/kafka.sh: {e}"),
             };
             if std::env::var_os("CI").is_some() {
@@ -67,8 +73,15 @@ macro_rules! brokers_or_skip {
 /// A unique name for this test run.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("weft-test-{prefix}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "weft-test-{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Topics created for one test, deleted (with their progress topics) on drop.
@@ -79,13 +92,19 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(brokers: &str) -> Self {
-        Topics { brokers: brokers.to_string(), names: Vec::new() }
+        Topics {
+            brokers: brokers.to_string(),
+            names: Vec::new(),
+        }
     }
 
     /// Creates a uniquely named topic and returns its name.
     pub fn create(&mut self, prefix: &str, partitions: i32) -> String {
         let name = unique(prefix);
-        assert!(admin::create_topic(&self.brokers, &name, partitions, &[]).unwrap(), "{name} existed");
+        assert!(
+            admin::create_topic(&self.brokers, &name, partitions, &[]).unwrap(),
+            "{name} existed"
+        );
         self.names.push(name.clone());
         // The sink's progress topic, if a test makes one.
         self.names.push(format!("{name}.weft-progress"));
@@ -115,7 +134,9 @@ pub fn producer(brokers: &str) -> BaseProducer {
 pub fn produce(brokers: &str, topic: &str, records: &[(i32, Vec<u8>)]) {
     let p = producer(brokers);
     for (partition, value) in records {
-        let mut rec = BaseRecord::<(), [u8]>::to(topic).partition(*partition).payload(&value[..]);
+        let mut rec = BaseRecord::<(), [u8]>::to(topic)
+            .partition(*partition)
+            .payload(&value[..]);
         loop {
             match p.send(rec) {
                 Ok(()) => break,
@@ -159,17 +180,23 @@ pub fn read_all(brokers: &str, topic: &str, isolation: &str) -> Vec<Read> {
         .set("enable.partition.eof", "true")
         .create()
         .expect("consumer");
-    let n = admin::partition_count(brokers, topic).unwrap().expect("topic exists");
+    let n = admin::partition_count(brokers, topic)
+        .unwrap()
+        .expect("topic exists");
     let mut tpl = TopicPartitionList::new();
     for p in 0..n as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut eof = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while eof.len() < n {
-        assert!(Instant::now() < deadline, "reading {topic} did not reach the end of {n} partitions");
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} did not reach the end of {n} partitions"
+        );
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
