@@ -113,10 +113,13 @@ pub fn segment_audience_call(
         .profile
         .split_once(':')
         .unwrap_or(("anonymous_id", &m.profile));
-    let id = fnv1a(&format!(
-        "{}|{}|{}|{}|{}",
-        m.audience, m.profile, time, entered, track
-    ));
+    let id = xxhash_rust::xxh3::xxh3_64(
+        format!(
+            "{}|{}|{}|{}|{}",
+            m.audience, m.profile, time, entered, track
+        )
+        .as_bytes(),
+    );
     let mut call = if track {
         json!({
             "type": "track",
@@ -137,13 +140,6 @@ pub fn segment_audience_call(
         }
     }
     call
-}
-
-/// FNV-1a (64 bit): a stable hash for derived message ids, without a dependency.
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 impl<W: Write> Sink<weft_dataflows::audience::Membership> for SegmentAudienceSink<W> {

@@ -27,7 +27,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
-use weft_dataflows::event::{parse_event, ParseContext, RejectReason, Rejection};
+use weft_dataflows::event::{parse_event, ParseContext, RejectReason, Rejection, MAX_EVENT_BYTES};
 use weft_dataflows::record::ErrorRecord;
 use weft_dataflows::spec::Compression;
 
@@ -202,7 +202,7 @@ impl FilePart {
                 offset,
                 Rejection {
                     reason: RejectReason::Oversize,
-                    message: format!("line is {content_len} bytes; the limit is 32768 bytes (first {MAX_LINE_BYTES} bytes kept)"),
+                    message: format!("line is {content_len} bytes; the limit is {MAX_EVENT_BYTES} bytes (first {MAX_LINE_BYTES} bytes kept)"),
                 },
                 line,
             ));

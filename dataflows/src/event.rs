@@ -408,7 +408,10 @@ pub struct ParseContext {
 // ---------------------------------------------------------------------------
 // Wire format: borrowed deserialization.
 
-/// A string that borrows from the input unless it contains escapes.
+/// A string that borrows from the input unless it contains escapes. Also
+/// used for identifiers: the Segment spec makes ids strings, and a number or
+/// any other JSON type is rejected as `wrong_type` (so `1` and `"1"` never
+/// silently become the same person).
 #[derive(Debug)]
 struct Str<'a>(Cow<'a, str>);
 
@@ -434,34 +437,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
-/// An identifier. The Segment spec makes ids strings; a number or any other
-/// JSON type is rejected as `wrong_type` (so `1` and `"1"` never silently
-/// become the same person).
-#[derive(Debug)]
-struct Id<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Id<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Id<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Id(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Id(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Id(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
-}
-
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(rename = "type", borrow)]
@@ -469,9 +444,9 @@ struct Wire<'a> {
     #[serde(rename = "messageId", borrow)]
     message_id: Option<Str<'a>>,
     #[serde(rename = "anonymousId", borrow)]
-    anonymous_id: Option<Id<'a>>,
+    anonymous_id: Option<Str<'a>>,
     #[serde(rename = "userId", borrow)]
-    user_id: Option<Id<'a>>,
+    user_id: Option<Str<'a>>,
     #[serde(borrow)]
     event: Option<Str<'a>>,
     #[serde(borrow)]
@@ -479,9 +454,9 @@ struct Wire<'a> {
     #[serde(borrow)]
     category: Option<Str<'a>>,
     #[serde(rename = "groupId", borrow)]
-    group_id: Option<Id<'a>>,
+    group_id: Option<Str<'a>>,
     #[serde(rename = "previousId", borrow)]
-    previous_id: Option<Id<'a>>,
+    previous_id: Option<Str<'a>>,
     #[serde(borrow)]
     timestamp: Option<Str<'a>>,
     #[serde(rename = "originalTimestamp", borrow)]
@@ -519,18 +494,18 @@ struct WireEmailHolder<'a> {
 #[derive(Deserialize, Default)]
 struct WireDevice<'a> {
     #[serde(borrow)]
-    id: Option<Id<'a>>,
+    id: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct WireExternalId<'a> {
     #[serde(borrow)]
-    id: Id<'a>,
+    id: Str<'a>,
     #[serde(rename = "type", borrow)]
     kind: Str<'a>,
 }
 
-fn nonempty<'b>(v: &'b Option<Id<'_>>) -> Option<&'b str> {
+fn nonempty<'b>(v: &'b Option<Str<'_>>) -> Option<&'b str> {
     v.as_ref().map(|s| s.0.as_ref()).filter(|s| !s.is_empty())
 }
 

@@ -478,6 +478,9 @@ impl IdentityRules {
         if let Some((g, ident)) = obs.group {
             facts.push(Fact::Name(g, ident));
         }
+        if let Some((_, a)) = anchor {
+            facts.push(Fact::Anchored(a, event.clone()));
+        }
         for (_, h, ident) in obs.ids {
             facts.push(Fact::Name(h, ident));
         }
@@ -527,10 +530,11 @@ enum Fact {
     Trait(IdHash, Box<str>, Lww),
     Member(IdHash, AccountId),
     GroupTrait(AccountId, Box<str>, Lww),
+    Anchored(IdHash, Event),
 }
 
 impl Fact {
-    const PARTS: u64 = 7;
+    const PARTS: u64 = 8;
     fn part(&self) -> u64 {
         match self {
             Fact::Seen(..) => 0,
@@ -540,6 +544,7 @@ impl Fact {
             Fact::Trait(..) => 4,
             Fact::Member(..) => 5,
             Fact::GroupTrait(..) => 6,
+            Fact::Anchored(..) => 7,
         }
     }
 }
@@ -585,6 +590,9 @@ pub struct IdentityOutputs<'s> {
     pub accounts: VecCollection<'s, u64, (ProfileId, AccountId), isize>,
     /// `((account, key), value JSON)`: group traits, last write wins.
     pub account_traits: VecCollection<'s, u64, KeyedTrait, isize>,
+    /// Every event with its anchor identifier (its highest-priority
+    /// identifier): join with `profile_of` to key events by profile.
+    pub anchored: VecCollection<'s, u64, (IdHash, Event), isize>,
 }
 
 /// Builds identity resolution over validated events.
@@ -684,6 +692,13 @@ pub fn identity<'s>(
     let group_trait_obs = next().flat_map(|f| {
         if let Fact::GroupTrait(g, k, v) = f {
             Some(((g, k), v))
+        } else {
+            None
+        }
+    });
+    let anchored = next().flat_map(|f| {
+        if let Fact::Anchored(a, e) = f {
+            Some((a, e))
         } else {
             None
         }
@@ -878,6 +893,7 @@ pub fn identity<'s>(
         traits_by_profile,
         accounts,
         account_traits,
+        anchored,
     })
 }
 

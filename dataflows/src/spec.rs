@@ -472,20 +472,6 @@ impl OutputName {
     }
 }
 
-/// librdkafka options Weft sets itself (offsets, transactions, identity of
-/// the client); a spec that sets them is rejected.
-pub const WEFT_OWNED_KAFKA_OPTIONS: [&str; 9] = [
-    "bootstrap.servers",
-    "group.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "auto.offset.reset",
-    "isolation.level",
-    "transactional.id",
-    "enable.idempotence",
-    "enable.partition.eof",
-];
-
 /// The longest dedupe window.
 pub const MAX_DEDUPE_WINDOW: DurationMs = DurationMs(30 * 86_400_000);
 
@@ -599,12 +585,7 @@ impl JobSpec {
                         bad(format!("sources[{i}].path"), "expected a file path".into());
                     }
                 }
-                SourceSpec::Kafka {
-                    topics,
-                    tick,
-                    options,
-                    ..
-                } => {
+                SourceSpec::Kafka { topics, tick, .. } => {
                     if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
                         bad(
                             format!("sources[{i}].topics"),
@@ -615,15 +596,6 @@ impl JobSpec {
                         bad(
                             format!("sources[{i}].tick"),
                             format!("expected a tick between 1ms and 60s, got {}ms", tick.0),
-                        );
-                    }
-                    for key in options
-                        .keys()
-                        .filter(|k| WEFT_OWNED_KAFKA_OPTIONS.contains(&k.as_str()))
-                    {
-                        bad(
-                            format!("sources[{i}].options.{key}"),
-                            format!("`{key}` is set by Weft and cannot be overridden"),
                         );
                     }
                 }
@@ -784,10 +756,7 @@ impl JobSpec {
                 }
             }
             if let SinkSpec::Kafka {
-                topic,
-                options,
-                partitions,
-                ..
+                topic, partitions, ..
             } = s
             {
                 if topic.trim().is_empty() {
@@ -797,15 +766,6 @@ impl JobSpec {
                     bad(
                         format!("sinks[{i}].partitions"),
                         "expected at least 1 partition".into(),
-                    );
-                }
-                for key in options
-                    .keys()
-                    .filter(|k| WEFT_OWNED_KAFKA_OPTIONS.contains(&k.as_str()))
-                {
-                    bad(
-                        format!("sinks[{i}].options.{key}"),
-                        format!("`{key}` is set by Weft and cannot be overridden"),
                     );
                 }
             }

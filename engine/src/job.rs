@@ -41,7 +41,7 @@ use weft_dataflows::audience::{
 };
 use weft_dataflows::event::Event;
 use weft_dataflows::identity::{
-    identity, Identifier, IdentityRules, ProfileChangeRecord, ProfileId, ProfileRecord, TraitRecord,
+    identity, Identifier, ProfileChangeRecord, ProfileId, ProfileRecord, TraitRecord,
 };
 use weft_dataflows::ingest::ingest;
 use weft_dataflows::query::{parse_audience, parse_computed_trait};
@@ -78,11 +78,11 @@ fn build_profiles<'s>(
     events: VecCollection<'s, u64, Event, isize>,
     spec: &JobSpec,
 ) -> Result<ProfileOutputs<'s>, String> {
-    let ids = identity(events.clone(), &spec.identity)?;
+    let ids = identity(events, &spec.identity)?;
     // Each event belongs to the profile of its anchor identifier (userId, else anonymousId, ...).
-    let rules = std::rc::Rc::new(IdentityRules::new(&spec.identity)?);
-    let anchored = events.flat_map(move |e| rules.observe(&e).anchor().map(|h| (h, e)));
-    let profile_events = anchored
+    let profile_events = ids
+        .anchored
+        .clone()
         .arrange_by_key_named("EventsByAnchor")
         .join_core(ids.profile_of.clone(), |_h, e, p| Some((*p, e.clone())));
     let inputs = ProfileInputs {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use weft_connectors::kafka::validate_options;
 use weft_dataflows::record::CountKey;
 use weft_dataflows::spec::{JobSpec, SinkSpec, SourceSpec};
 
@@ -35,18 +36,31 @@ pub fn validate(path: &Path) -> anyhow::Result<(JobSpec, Vec<String>)> {
                     anyhow::bail!("source {name}: file {} does not exist", path.display());
                 }
             }
-            SourceSpec::Kafka { name, brokers, .. } => {
+            SourceSpec::Kafka {
+                name,
+                brokers,
+                options,
+                ..
+            } => {
                 if brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
                     anyhow::bail!("source {name}: no brokers; set `brokers` or the KAFKA_BROKERS environment variable");
                 }
+                validate_options(options).map_err(|e| anyhow::anyhow!("source {name}: {e}"))?;
             }
         }
     }
     for s in &spec.sinks {
-        if let SinkSpec::Kafka { name, brokers, .. } = s {
+        if let SinkSpec::Kafka {
+            name,
+            brokers,
+            options,
+            ..
+        } = s
+        {
             if brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
                 anyhow::bail!("sink {name}: no brokers; set `brokers` or the KAFKA_BROKERS environment variable");
             }
+            validate_options(options).map_err(|e| anyhow::anyhow!("sink {name}: {e}"))?;
         }
     }
     Ok((spec, warnings))
