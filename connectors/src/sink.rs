@@ -14,4 +14,18 @@ pub trait Sink<D> {
     fn write(&mut self, time: u64, updates: &[(D, isize)]) -> io::Result<()>;
     /// Makes everything written so far durable; `frontier` is the new lower bound of future times.
     fn commit(&mut self, frontier: &[u64]) -> io::Result<()>;
+    /// A privacy DELETE took effect at `time`: remove every trace of the
+    /// person with these identifiers (`kind:value`, e.g. `user_id:u1`,
+    /// `email:a@b.c`) that the destination still holds from earlier writes.
+    ///
+    /// The retractions of the person's records arrive through [`Sink::write`]
+    /// at `time` as usual (a destination that stores current state, such as
+    /// a table, is clean once it applies them). Append-only destinations
+    /// (change logs, data-lake files) also hold the person's *history*; they
+    /// rewrite or tombstone it here. Called before `write(time, ..)`; made
+    /// durable by the next `commit`. The default does nothing.
+    fn erase(&mut self, time: u64, identifiers: &[String]) -> io::Result<()> {
+        let _ = (time, identifiers);
+        Ok(())
+    }
 }
