@@ -15,5 +15,6 @@
 pub mod file_sink;
 pub mod file_source;
 pub mod kafka;
+pub mod regulations;
 pub mod sink;
 pub mod source;

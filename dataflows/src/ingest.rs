@@ -4,13 +4,15 @@
 //! ```text
 //!   decoded (Result<Event, ErrorRecord>)
 //!        │ split_results
-//!        ├──► valid ──► dedupe_by_key (messageId, event-time window) ──► events ──┐ type, track event name
-//!        │      └──────────────── valid − events = dropped duplicates ────────────┤
+//!        ├──► valid ──► dedupe_by_key (messageId, event-time window) ──► admit ──► events ──┐ type, track event name
+//!        │      └──────────────── valid − deduplicated = dropped duplicates ───────────────┤
 //!        └──► errors ────────────────────────────────────────────────────────────┤ rejection reason
 //!                                                                                 └─► count ─► counts
 //! ```
 //!
-//! Dedupe sits before anything else sees events. Counts are a differential
+//! Dedupe sits before anything else sees events. `admit` is the caller's
+//! hook between dedupe and everything else: privacy regulations drop and
+//! retract events there, so counts and every output see the result. Counts are a differential
 //! `count`: when a key's count changes at time `t`, the output retracts the
 //! old `(key, n)` and inserts the new one at `t`.
 
@@ -37,10 +39,14 @@ pub fn message_fingerprint(e: &Event) -> u128 {
 }
 
 /// Builds the ingest dataflow over decoded source records; `dedupe` is the
-/// dedupe configuration and its counters, or `None` to keep duplicates.
+/// dedupe configuration and its counters, or `None` to keep duplicates;
+/// `admit` maps the deduplicated events to the events the job keeps.
 pub fn ingest<'scope>(
     decoded: VecCollection<'scope, u64, Result<Event, ErrorRecord>, isize>,
     dedupe: Option<(&DedupeConfig, DedupeStats)>,
+    admit: impl FnOnce(
+        VecCollection<'scope, u64, Event, isize>,
+    ) -> VecCollection<'scope, u64, Event, isize>,
 ) -> IngestOutputs<'scope> {
     let (valid, errors) = decoded.split_results("SplitValid");
     let (events, duplicates) = match dedupe {
@@ -59,6 +65,7 @@ pub fn ingest<'scope>(
         }
         None => (valid, None),
     };
+    let events = admit(events);
     let event_keys = events.clone().flat_map(|e: Event| {
         let name = (e.kind == EventType::Track)
             .then(|| e.get(Field::Event).map(|n| CountKey::TrackEvent(n.into())))

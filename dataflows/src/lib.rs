@@ -15,6 +15,7 @@ pub mod audience;
 pub mod event;
 pub mod identity;
 pub mod ingest;
+pub mod privacy;
 pub mod query;
 pub mod record;
 pub mod spec;

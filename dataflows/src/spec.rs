@@ -349,8 +349,15 @@ pub struct AudienceSpec {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RegulationsSpec {
-    /// A JSONL file of regulations (`{"type": "delete", "identifier": "email:x@y.z"}`).
+    /// The regulation log: a JSONL file of regulations
+    /// (`{"type": "delete", "identifier": "email:x@y.z", "at"?: time, "id"?: id}`),
+    /// read at start and tailed while a live job runs; it need not exist yet.
     pub path: PathBuf,
+    /// Where the audit log goes (JSONL: when each regulation was applied and
+    /// when each sink committed its effects); default
+    /// `<state_dir>/regulations-audit.jsonl`.
+    #[serde(default)]
+    pub audit: Option<PathBuf>,
 }
 
 /// `[[sinks]]`: one output.
@@ -522,7 +529,10 @@ impl JobSpec {
             fix(d)
         }
         if let Some(r) = self.regulations.as_mut() {
-            fix(&mut r.path)
+            fix(&mut r.path);
+            if let Some(a) = r.audit.as_mut() {
+                fix(a)
+            }
         }
         for s in &mut self.sinks {
             match s {

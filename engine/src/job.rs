@@ -33,6 +33,7 @@ use weft_connectors::kafka::admin::create_topic;
 use weft_connectors::kafka::{
     DeadLetterSink, KafkaError, KafkaKey, KafkaSink, KafkaSinkConfig, KafkaSourceConfig,
 };
+use weft_connectors::regulations::{LogEntry, RegulationLog};
 use weft_connectors::sink::Sink;
 use weft_connectors::source::{Decoded, PartProgress, Poll, SourcePart};
 use weft_dataflows::audience::{
@@ -41,9 +42,11 @@ use weft_dataflows::audience::{
 };
 use weft_dataflows::event::Event;
 use weft_dataflows::identity::{
-    identity, Identifier, ProfileChangeRecord, ProfileId, ProfileRecord, TraitRecord,
+    identity, IdHash, Identifier, IdentityOutputs, IdentityRules, ProfileChangeRecord, ProfileId,
+    ProfileRecord, TraitRecord,
 };
 use weft_dataflows::ingest::ingest;
+use weft_dataflows::privacy::{apply_rules, resolve, Regulation, Resolved, Rule};
 use weft_dataflows::query::{parse_audience, parse_computed_trait};
 use weft_dataflows::record::{CountKey, WriteJson};
 use weft_dataflows::spec::{
@@ -53,6 +56,7 @@ use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
 use weft_operators::dedupe::{DedupeConfig, LatePolicy};
 use weft_operators::reclock::Reclock;
 
+use crate::audit::AuditLog;
 use crate::runtime::{JobId, JobMetrics, Shared};
 
 /// Records a source part produces per activation before yielding to other operators.
@@ -76,9 +80,13 @@ struct ProfileOutputs<'s> {
 /// ```
 fn build_profiles<'s>(
     events: VecCollection<'s, u64, Event, isize>,
+    prebuilt: Option<IdentityOutputs<'s>>,
     spec: &JobSpec,
 ) -> Result<ProfileOutputs<'s>, String> {
-    let ids = identity(events, &spec.identity)?;
+    let ids = match prebuilt {
+        Some(ids) => ids,
+        None => identity(events, &spec.identity)?,
+    };
     // Each event belongs to the profile of its anchor identifier (userId, else anonymousId, ...).
     let profile_events = ids
         .anchored
@@ -144,6 +152,207 @@ fn build_profiles<'s>(
     })
 }
 
+/// The job's state directory.
+fn state_dir(spec: &JobSpec) -> std::path::PathBuf {
+    spec.job
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| ".weft-state".into())
+}
+
+/// What the privacy layer needs from the job being built.
+struct PrivacyContext<'a> {
+    index: usize,
+    job: JobId,
+    job_name: &'a str,
+    shared: &'a Arc<Shared>,
+    stop: &'a Rc<Cell<bool>>,
+    activators: &'a Rc<RefCell<Vec<Activator>>>,
+    audit: &'a Rc<RefCell<Option<AuditLog>>>,
+}
+
+/// The privacy layer's products.
+struct Privacy<'s> {
+    /// Identity over the admitted events (reused for profiles).
+    ids: IdentityOutputs<'s>,
+    /// Suppress/delete regulations resolved to identifiers, at their times.
+    resolved: Resolved<'s>,
+}
+
+/// Regulations between dedupe and the rest (see `weft_dataflows::privacy`):
+///
+/// ```text
+///  events ─► apply_rules ─► kept ─► identity ─► resolve ◄─ regulation log
+///                 ▲                                │
+///                 └──── rules (feedback, +1 ms) ◄──┘
+/// ```
+fn build_privacy<'s>(
+    events: VecCollection<'s, u64, Event, isize>,
+    regs: &weft_dataflows::spec::RegulationsSpec,
+    spec: &JobSpec,
+    cx: &PrivacyContext<'_>,
+) -> Result<(VecCollection<'s, u64, Event, isize>, Privacy<'s>), String> {
+    use timely::dataflow::operators::vec::Map as _;
+    use timely::dataflow::operators::{ConnectLoop, Feedback};
+
+    let rules_spec = Rc::new(IdentityRules::new(&spec.identity)?);
+    let scope = events.scope();
+    let (handle, cycle) = scope.feedback::<Vec<((IdHash, Rule), u64, isize)>>(1);
+    let rules = cycle.as_collection();
+    let kept = apply_rules(events, rules.clone(), rules_spec);
+    let ids = identity(kept.clone(), &spec.identity)?;
+    let bounded = spec.sources.iter().all(|s| match s {
+        SourceSpec::File { .. } => true,
+        SourceSpec::Kafka { bounded, .. } => *bounded,
+    });
+    let log = if cx.index == 0 {
+        match RegulationLog::open(&regs.path, &state_dir(spec)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                cx.shared.job_error(
+                    cx.job,
+                    cx.job_name,
+                    format!("regulation log {}: {e}", regs.path.display()),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let regulations = regulation_source(scope, log, bounded, cx);
+    let resolution = resolve(regulations.clone(), &ids, rules);
+    // Rules made at `t` apply from `t + 1`: advance the data's times with the loop's.
+    resolution
+        .new_rules
+        .inner
+        .map(|(d, t, r)| (d, t + 1, r))
+        .connect_loop(handle);
+    audit_regulations(regulations, resolution.resolved.clone(), cx.audit);
+    Ok((
+        kept,
+        Privacy {
+            ids,
+            resolved: resolution.resolved,
+        },
+    ))
+}
+
+/// The regulation log as a collection, each regulation at its bound time.
+///
+/// Worker 0 reads the log; bounded jobs (every source bounded) read it once,
+/// live jobs tail it, holding their capability at the wall clock.
+fn regulation_source<'s>(
+    scope: Scope<'s, u64>,
+    log: Option<RegulationLog>,
+    bounded: bool,
+    cx: &PrivacyContext<'_>,
+) -> VecCollection<'s, u64, Regulation, isize> {
+    let stop = cx.stop.clone();
+    let audit = cx.audit.clone();
+    let (job, job_name, shared) = (cx.job, cx.job_name.to_string(), cx.shared.clone());
+    let activators = cx.activators.clone();
+    source::<_, CapacityContainerBuilder<Vec<(Regulation, u64, isize)>>, _, _>(
+        scope,
+        "Source:regulations",
+        move |cap, info| {
+            let activator = scope.activator_for(info.address);
+            activators.borrow_mut().push(activator.clone());
+            let mut cap = Some(cap);
+            let mut log = log;
+            move |output| {
+                let (Some(c), Some(l)) = (cap.as_mut(), log.as_mut()) else {
+                    cap = None;
+                    return;
+                };
+                if stop.get() {
+                    cap = None;
+                    return;
+                }
+                let now = wall_ms();
+                let lower = *c.time();
+                match l.poll(now, lower) {
+                    Ok(entries) => {
+                        for (entry, t) in entries {
+                            match entry {
+                                LogEntry::Regulation(r) => {
+                                    output.session(&c.delayed(&t)).give((r, t, 1));
+                                }
+                                LogEntry::Invalid { line, message } => {
+                                    shared.job_error(
+                                        job,
+                                        &job_name,
+                                        format!("regulation log line {line}: {message}; skipped"),
+                                    );
+                                    if let Some(a) = audit.borrow_mut().as_mut() {
+                                        let _ = a.rejected(line, &message);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        shared.job_error(job, &job_name, format!("regulation log: {e}"));
+                        cap = None;
+                        return;
+                    }
+                }
+                if bounded {
+                    cap = None;
+                } else {
+                    c.downgrade(&now.max(lower));
+                    activator.activate_after(SOURCE_IDLE_POLL);
+                }
+            }
+        },
+    )
+    .as_collection()
+}
+
+/// The wall clock in ms.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Writes an `applied` audit entry for each regulation once its time completes.
+fn audit_regulations<'s>(
+    regulations: VecCollection<'s, u64, Regulation, isize>,
+    resolved: Resolved<'s>,
+    audit: &Rc<RefCell<Option<AuditLog>>>,
+) {
+    let audit = audit.clone();
+    regulations
+        .map(|r| (r, false))
+        .concat(resolved.map(|(r, _, _)| (r, true)))
+        .sink_by_time("Audit:regulations", SinkTarget::Worker(0), move |ev| {
+            if let (SinkEvent::Updates { updates, .. }, Some(log)) =
+                (ev, audit.borrow_mut().as_mut())
+            {
+                let mut at = 0;
+                while at < updates.len() {
+                    let reg = &updates[at].0 .0;
+                    let end = at
+                        + updates[at..]
+                            .iter()
+                            .take_while(|((r, _), _)| r == reg)
+                            .count();
+                    let identifiers: isize = updates[at..end]
+                        .iter()
+                        .filter(|((_, ident), _)| *ident)
+                        .map(|(_, d)| *d)
+                        .sum();
+                    if let Err(e) = log.applied(reg, identifiers.max(0) as usize) {
+                        tracing::error!("regulations audit log: {e}");
+                    }
+                    at = end;
+                }
+            }
+        });
+}
+
 /// An empty collection (an output whose producer could not be built).
 fn empty<'s, D: Clone + 'static>(scope: Scope<'s, u64>) -> VecCollection<'s, u64, D, isize> {
     differential_dataflow::collection::concatenate(scope, Vec::new())
@@ -202,6 +411,20 @@ pub fn build_job(
     let counts = Rc::new(RefCell::new(None));
     let dataflow_index = worker.next_dataflow_index();
     let mut sinks_total = 0;
+    let audit = Rc::new(RefCell::new(None));
+    if index == 0 {
+        if let Some(regs) = &spec.regulations {
+            let path = regs
+                .audit
+                .clone()
+                .unwrap_or_else(|| state_dir(spec).join("regulations-audit.jsonl"));
+            let sinks = spec.sinks.iter().map(|s| s.name().to_string()).collect();
+            match AuditLog::open(&path, sinks) {
+                Ok(log) => *audit.borrow_mut() = Some(log),
+                Err(e) => shared.job_error(id, &name, format!("regulations audit log: {e}")),
+            }
+        }
+    }
 
     worker.dataflow_named::<u64, _, _>(&format!("job-{name}"), |scope| {
         // STEP 1. Sources: each worker reads its part of each source.
@@ -317,7 +540,48 @@ pub fn build_job(
             }
             (config, metrics.dedupe.clone())
         });
-        let outputs = ingest(decoded, dedupe.as_ref().map(|(c, s)| (c, s.clone())));
+        // Privacy regulations sit between dedupe and everything else; they need identity.
+        let mut privacy: Option<Privacy<'_>> = None;
+        let outputs = ingest(
+            decoded,
+            dedupe.as_ref().map(|(c, s)| (c, s.clone())),
+            |events| match &spec.regulations {
+                None => events,
+                Some(regs) => match build_privacy(
+                    events.clone(),
+                    regs,
+                    spec,
+                    &PrivacyContext {
+                        index,
+                        job: id,
+                        job_name: &name,
+                        shared,
+                        stop: &stop,
+                        activators: &activators,
+                        audit: &audit,
+                    },
+                ) {
+                    Ok((kept, p)) => {
+                        privacy = Some(p);
+                        kept
+                    }
+                    Err(e) => {
+                        if index == 0 {
+                            shared.job_error(
+                                id,
+                                &name,
+                                format!("regulations are not applied: {e}"),
+                            );
+                        }
+                        events
+                    }
+                },
+            },
+        );
+        let (prebuilt_ids, resolved) = match privacy {
+            Some(p) => (Some(p.ids), Some(p.resolved)),
+            None => (None, None),
+        };
 
         // STEP 3. Identity, computed traits and audiences, when anything uses them.
         let profile_outputs = [
@@ -327,14 +591,15 @@ pub fn build_job(
             OutputName::Audiences,
             OutputName::ComputedTraits,
         ];
-        let needs_profiles = !spec.audiences.is_empty()
+        let needs_profiles = prebuilt_ids.is_some()
+            || !spec.audiences.is_empty()
             || !spec.traits.is_empty()
             || spec
                 .sinks
                 .iter()
                 .any(|s| profile_outputs.contains(&s.output()));
         let profiles = if needs_profiles {
-            match build_profiles(outputs.events.clone(), spec) {
+            match build_profiles(outputs.events.clone(), prebuilt_ids, spec) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     if index == 0 {
@@ -352,6 +617,16 @@ pub fn build_job(
         };
 
         // STEP 4. Sinks, then the summary (final counts for the controller).
+        // A deletion's resolved identifiers reach every sink at its effect time.
+        let erasures = resolved.map(|resolved| {
+            use timely::dataflow::operators::vec::Map as _;
+            resolved
+                .filter(|(r, _, _)| r.kind.deletes())
+                .map(|(_, _, ident)| format!("{}:{}", ident.kind, ident.value))
+                .inner
+                .map(|(d, t, r)| (d, t + 1, r))
+                .as_collection()
+        });
         for sink in &spec.sinks {
             sinks_total += 1;
             let cx = SinkContext {
@@ -361,6 +636,8 @@ pub fn build_job(
                 shared,
                 metrics: &metrics,
                 done: &sinks_done,
+                audit: &audit,
+                erasures: erasures.as_ref(),
             };
             match (sink.output(), &profiles) {
                 (OutputName::Events, _) => attach_sink(outputs.events.clone(), sink, &cx),
@@ -499,13 +776,82 @@ fn source_operator<'s, P: SourcePart + 'static>(
     .as_collection()
 }
 
-struct SinkContext<'a> {
+struct SinkContext<'a, 's> {
     job: JobId,
     job_name: &'a str,
     index: usize,
     shared: &'a Arc<Shared>,
     metrics: &'a Arc<JobMetrics>,
     done: &'a Rc<Cell<usize>>,
+    audit: &'a Rc<RefCell<Option<AuditLog>>>,
+    /// Identifiers (`kind:value`) of deleted people, at the deletion's effect time.
+    erasures: Option<&'a VecCollection<'s, u64, String, isize>>,
+}
+
+/// What a sink operator receives when the job applies regulations: erasures
+/// sort before records, so a sink erases before it writes the same time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+enum SinkItem<D> {
+    Erase(String),
+    Record(D),
+}
+
+/// One sink on worker 0 (or none, elsewhere or after a failure) and its bookkeeping.
+struct SinkDriver<D> {
+    sink: Option<Box<dyn Sink<D>>>,
+    name: String,
+    job: JobId,
+    job_name: String,
+    shared: Arc<Shared>,
+    metrics: Arc<JobMetrics>,
+    done: Rc<Cell<usize>>,
+    audit: Rc<RefCell<Option<AuditLog>>>,
+}
+
+impl<D> SinkDriver<D> {
+    fn updates(&mut self, time: u64, erase: &[String], records: &[(D, isize)]) {
+        let Some(s) = self.sink.as_mut() else { return };
+        let mut result = Ok(());
+        if !erase.is_empty() {
+            result = s.erase(time, erase);
+        }
+        if result.is_ok() && !records.is_empty() {
+            self.metrics
+                .sink_lines
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            result = s.write(time, records);
+        }
+        self.check(result);
+    }
+
+    fn progress(&mut self, frontier: &[u64]) {
+        if let Some(s) = self.sink.as_mut() {
+            let result = s.commit(frontier);
+            let ok = result.is_ok();
+            self.check(result);
+            if ok {
+                if let Some(a) = self.audit.borrow_mut().as_mut() {
+                    if let Err(e) = a.sink_committed(&self.name, frontier) {
+                        tracing::error!("regulations audit log: {e}");
+                    }
+                }
+            }
+        }
+        if frontier.is_empty() {
+            self.done.set(self.done.get() + 1);
+        }
+    }
+
+    fn check(&mut self, result: std::io::Result<()>) {
+        if let Err(e) = result {
+            self.shared.job_error(
+                self.job,
+                &self.job_name,
+                format!("sink {}: {e}; its further output is discarded", self.name),
+            );
+            self.sink = None;
+        }
+    }
 }
 
 /// Records a sink can write: JSON for files, and a Kafka encoding.
@@ -541,10 +887,10 @@ impl SinkRecord for weft_dataflows::record::ErrorRecord {
 }
 
 /// Attaches a single-writer sink (on worker 0) to an output collection.
-fn attach_sink<D: SinkRecord>(
-    collection: VecCollection<'_, u64, D, isize>,
+fn attach_sink<'s, D: SinkRecord>(
+    collection: VecCollection<'s, u64, D, isize>,
     spec: &SinkSpec,
-    cx: &SinkContext<'_>,
+    cx: &SinkContext<'_, 's>,
 ) {
     let sink_name = spec.name().to_string();
     let mut sink: Option<Box<dyn Sink<D>>> = None;
@@ -590,43 +936,42 @@ fn attach_sink<D: SinkRecord>(
             ),
         }
     }
-    let (job, job_name, shared) = (cx.job, cx.job_name.to_string(), cx.shared.clone());
-    let metrics = cx.metrics.clone();
-    let done = cx.done.clone();
-    collection.sink_by_time(
-        &format!("Sink:{sink_name}"),
-        SinkTarget::Worker(0),
-        move |ev| {
-            let result = match (&mut sink, ev) {
-                (Some(s), SinkEvent::Updates { time, updates }) => {
-                    metrics
-                        .sink_lines
-                        .fetch_add(updates.len() as u64, Ordering::Relaxed);
-                    s.write(*time, updates)
-                }
-                (Some(s), SinkEvent::Progress { frontier }) => {
-                    let r = s.commit(frontier);
-                    if frontier.is_empty() {
-                        done.set(done.get() + 1);
+    let mut driver = SinkDriver {
+        sink,
+        name: sink_name.clone(),
+        job: cx.job,
+        job_name: cx.job_name.to_string(),
+        shared: cx.shared.clone(),
+        metrics: cx.metrics.clone(),
+        done: cx.done.clone(),
+        audit: cx.audit.clone(),
+    };
+    let op = format!("Sink:{sink_name}");
+    match cx.erasures {
+        None => collection.sink_by_time(&op, SinkTarget::Worker(0), move |ev| match ev {
+            SinkEvent::Updates { time, updates } => driver.updates(*time, &[], updates),
+            SinkEvent::Progress { frontier } => driver.progress(frontier),
+        }),
+        Some(erasures) => {
+            let mut records = Vec::new();
+            collection
+                .map(SinkItem::Record)
+                .concat(erasures.clone().map(SinkItem::Erase))
+                .sink_by_time(&op, SinkTarget::Worker(0), move |ev| match ev {
+                    SinkEvent::Updates { time, updates } => {
+                        let mut erase = Vec::new();
+                        records.clear();
+                        for (item, diff) in updates {
+                            match item {
+                                SinkItem::Erase(id) if *diff > 0 => erase.push(id.clone()),
+                                SinkItem::Erase(_) => {}
+                                SinkItem::Record(d) => records.push((d.clone(), *diff)),
+                            }
+                        }
+                        driver.updates(*time, &erase, &records);
                     }
-                    r
-                }
-                (None, SinkEvent::Progress { frontier }) => {
-                    if frontier.is_empty() {
-                        done.set(done.get() + 1);
-                    }
-                    Ok(())
-                }
-                (None, SinkEvent::Updates { .. }) => Ok(()),
-            };
-            if let Err(e) = result {
-                shared.job_error(
-                    job,
-                    &job_name,
-                    format!("sink {sink_name}: {e}; its further output is discarded"),
-                );
-                sink = None;
-            }
-        },
-    );
+                    SinkEvent::Progress { frontier } => driver.progress(frontier),
+                })
+        }
+    }
 }

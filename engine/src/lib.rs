@@ -6,6 +6,7 @@
 
 #![forbid(missing_docs)]
 
+pub mod audit;
 pub mod job;
 pub mod run;
 pub mod runtime;

@@ -12,23 +12,10 @@ use weft_dataflows::spec::{JobSpec, SinkSpec, SourceSpec};
 
 use crate::runtime::{Cluster, ClusterConfig, JobReport, JobStatus};
 
-/// Sections a spec may contain that this version validates but does not yet evaluate.
-const NOT_YET_EVALUATED: [&str; 1] = ["regulations"];
-
 /// Loads and validates a spec; returns it with a list of warnings.
 pub fn validate(path: &Path) -> anyhow::Result<(JobSpec, Vec<String>)> {
     let spec = JobSpec::load(path)?;
-    let mut warnings = Vec::new();
-    let text = std::fs::read_to_string(path)?;
-    if let Ok(table) = text.parse::<toml::Table>() {
-        for key in NOT_YET_EVALUATED {
-            if table.contains_key(key) {
-                warnings.push(format!(
-                    "[{key}] is validated but not evaluated by this version of weft"
-                ));
-            }
-        }
-    }
+    let warnings = Vec::new();
     for s in &spec.sources {
         match s {
             SourceSpec::File { name, path, .. } => {

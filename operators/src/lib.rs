@@ -17,5 +17,6 @@
 pub mod by_time;
 pub mod components;
 pub mod dedupe;
+pub mod gate;
 pub mod reclock;
 pub mod split;

@@ -64,18 +64,42 @@ topic = "{dead}"
     path
 }
 
+/// The committed records of a keyed topic, read back as changes: the topic is
+/// an upsert stream (an insertion replaces the key's previous record, a
+/// tombstone removes it), so each record becomes the retraction of the
+/// key's previous value (if any) and the insertion of its new one.
 fn changes(brokers: &str, topic: &str) -> Vec<Change> {
-    let mut rows: Vec<Change> = kafka_support::read_all(brokers, topic, "read_committed")
-        .into_iter()
-        .map(|r| {
+    let mut records = kafka_support::read_all(brokers, topic, "read_committed");
+    let time_of = |r: &kafka_support::Read| -> u64 {
+        String::from_utf8(r.headers["weft.time"].clone())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    records.sort_by_key(|r| time_of(r));
+    let mut current: std::collections::HashMap<Vec<u8>, serde_json::Value> = Default::default();
+    let mut rows = Vec::new();
+    for r in &records {
+        let time = time_of(r);
+        let key = r.key.clone().unwrap();
+        if let Some(old) = current.remove(&key) {
+            rows.push(Change {
+                time,
+                diff: -1,
+                data: old,
+            });
+        }
+        if !r.value.is_empty() {
             let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            Change {
-                time: v["time"].as_u64().unwrap(),
-                diff: v["diff"].as_i64().unwrap(),
+            assert_eq!(v["diff"].as_i64(), Some(1));
+            rows.push(Change {
+                time,
+                diff: 1,
                 data: v["data"].clone(),
-            }
-        })
-        .collect();
+            });
+            current.insert(key, v["data"].clone());
+        }
+    }
     rows.sort_by(|a, b| {
         a.time
             .cmp(&b.time)

@@ -8,8 +8,14 @@
 //!
 //! * key: [`KafkaKey::kafka_key`] of the data (e.g. the `messageId` of an
 //!   event, `metric:key` of a count);
-//! * value: `{"op":"insert"|"delete","diff":D,"time":T,"data":{…}}`
-//!   (`op` is `insert` for positive diffs and `delete` for negative ones);
+//! * value: `{"op":"insert","diff":D,"time":T,"data":{…}}` for an insertion
+//!   (positive diff);
+//! * a retraction (negative diff) whose key is not also inserted at the same
+//!   time is a **tombstone**: a null value, with headers `weft.op: delete`
+//!   and `weft.diff`. Log compaction then forgets the key, and a retracted
+//!   record's data (say, a deleted person's) is never written again. A
+//!   retraction whose key is inserted at the same time (an update, such as
+//!   a count going from 5 to 6) is not written: the insertion supersedes it;
 //! * header `weft.time`: the logical time `T` in decimal.
 //!
 //! [`DeadLetterSink`] writes each rejected record's **original bytes** as the
@@ -226,7 +232,8 @@ fn beyond(a: Frontier, b: Frontier) -> bool {
 /// One record waiting for the next commit.
 struct Pending {
     key: Vec<u8>,
-    value: Vec<u8>,
+    /// `None`: a tombstone.
+    value: Option<Vec<u8>>,
     headers: Vec<(&'static str, Vec<u8>)>,
 }
 
@@ -327,10 +334,10 @@ impl TxnWriter {
     fn queue(
         &mut self,
         key: Vec<u8>,
-        value: Vec<u8>,
+        value: Option<Vec<u8>>,
         headers: Vec<(&'static str, Vec<u8>)>,
     ) -> io::Result<()> {
-        self.buffered_bytes += key.len() + value.len() + 64;
+        self.buffered_bytes += key.len() + value.as_ref().map_or(0, Vec::len) + 64;
         self.buffer.push(Pending {
             key,
             value,
@@ -370,7 +377,7 @@ impl TxnWriter {
                     value: Some(&v[..]),
                 });
             }
-            self.send(&topic, &p.key, &p.value, headers)?;
+            self.send(&topic, &p.key, p.value.as_deref(), headers)?;
         }
         self.buffered_bytes = 0;
         self.producer.poll(Duration::ZERO);
@@ -382,13 +389,13 @@ impl TxnWriter {
         &mut self,
         topic: &str,
         key: &[u8],
-        value: &[u8],
+        value: Option<&[u8]>,
         headers: OwnedHeaders,
     ) -> io::Result<()> {
-        let mut record = BaseRecord::to(topic)
-            .key(key)
-            .payload(value)
-            .headers(headers);
+        let mut record = BaseRecord::to(topic).key(key).headers(headers);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
         let started = Instant::now();
         loop {
             match self.producer.send(record) {
@@ -425,7 +432,7 @@ impl TxnWriter {
         )
         .expect("json");
         let topic = self.progress_topic.clone();
-        self.send(&topic, &key, &value, OwnedHeaders::new())?;
+        self.send(&topic, &key, Some(&value), OwnedHeaders::new())?;
         // STEP 2. Commit, retrying what librdkafka says is retriable.
         let mut attempt = 0;
         loop {
@@ -640,12 +647,38 @@ impl<D: WriteJson + KafkaKey> Sink<D> for KafkaSink {
             return Ok(());
         }
         let time_s = time.to_string().into_bytes();
-        for (data, diff) in updates {
-            let mut key = Vec::new();
-            data.kafka_key(&mut key);
-            let mut value = Vec::with_capacity(256);
-            encode_change(&mut value, time, *diff, data);
-            w.queue(key, value, vec![("weft.time", time_s.clone())])?;
+        let keyed: Vec<(Vec<u8>, &D, isize)> = updates
+            .iter()
+            .map(|(data, diff)| {
+                let mut key = Vec::new();
+                data.kafka_key(&mut key);
+                (key, data, *diff)
+            })
+            .collect();
+        let inserted: std::collections::HashSet<&[u8]> = keyed
+            .iter()
+            .filter(|(_, _, d)| *d > 0)
+            .map(|(k, _, _)| &k[..])
+            .collect();
+        for (key, data, diff) in &keyed {
+            if *diff > 0 {
+                let mut value = Vec::with_capacity(256);
+                encode_change(&mut value, time, *diff, *data);
+                w.queue(
+                    key.clone(),
+                    Some(value),
+                    vec![("weft.time", time_s.clone())],
+                )?;
+            } else if !inserted.contains(&key[..]) {
+                // A tombstone: compaction forgets the key, and the retracted
+                // record's data (a deleted person's, say) is not written again.
+                let headers = vec![
+                    ("weft.time", time_s.clone()),
+                    ("weft.op", b"delete".to_vec()),
+                    ("weft.diff", diff.to_string().into_bytes()),
+                ];
+                w.queue(key.clone(), None, headers)?;
+            }
         }
         Ok(())
     }
@@ -702,7 +735,7 @@ impl Sink<ErrorRecord> for DeadLetterSink {
                     ("weft.offset", rec.offset.to_string().into_bytes()),
                     ("weft.time", time.to_string().into_bytes()),
                 ];
-                w.queue(key, rec.raw.to_vec(), headers)?;
+                w.queue(key, Some(rec.raw.to_vec()), headers)?;
             }
         }
         Ok(())
