@@ -18,3 +18,5 @@ pub mod kafka;
 pub mod regulations;
 pub mod sink;
 pub mod source;
+pub mod warehouse;
+pub mod webhook;
