@@ -15,6 +15,7 @@
 pub mod file_sink;
 pub mod file_source;
 pub mod kafka;
+pub mod lake;
 pub mod regulations;
 pub mod sink;
 pub mod source;
