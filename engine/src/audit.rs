@@ -1,7 +1,9 @@
 //! The regulation audit log: for every regulation, when it was applied and
 //! when each sink committed its effects.
 //!
-//! One JSON object per line, appended and fsync'd as it happens:
+//! One JSON object per line, appended and fsync'd as it happens (one fsync
+//! per batch: the `applied` lines of one logical time, the `committed` lines
+//! of one sink commit):
 //!
 //! ```text
 //! {"event":"applied","regulation":"r-1","type":"delete","identifier":"email:a@b.c","requested_time":T,"effect_time":T+1,"identifiers":3,"wall":"…"}
@@ -39,6 +41,8 @@ pub struct AuditLog {
     /// Every sink of the job, and the last frontier each committed (`None`: complete).
     sinks: Vec<(String, Option<u64>)>,
     pending: Vec<Pending>,
+    /// Lines not yet written (see [`AuditLog::flush`]).
+    buffer: Vec<u8>,
 }
 
 impl AuditLog {
@@ -58,11 +62,13 @@ impl AuditLog {
             file,
             sinks: sinks.into_iter().map(|s| (s, Some(0))).collect(),
             pending: Vec::new(),
+            buffer: Vec::new(),
         })
     }
 
     /// Records that `regulation` was applied (resolved to `identifiers`
-    /// identifiers); its effects are at `regulation.at + 1`.
+    /// identifiers); its effects are at `regulation.at + 1`. Buffered: call
+    /// [`AuditLog::flush`] after a batch.
     pub fn applied(&mut self, regulation: &Regulation, identifiers: usize) -> io::Result<()> {
         let effect_time = regulation.at + 1;
         let mut line = Vec::with_capacity(256);
@@ -124,7 +130,7 @@ impl AuditLog {
         for (id, t) in lines {
             self.committed_line(&id, sink, t)?;
         }
-        Ok(())
+        self.flush()
     }
 
     /// Records a line of the regulation log that is not a regulation.
@@ -132,7 +138,8 @@ impl AuditLog {
         let mut line =
             format!("{{\"event\":\"rejected\",\"line\":{line_no},\"message\":").into_bytes();
         write_json_string(&mut line, message);
-        self.finish(line)
+        self.finish(line)?;
+        self.flush()
     }
 
     fn committed_line(&mut self, id: &str, sink: &str, effect_time: u64) -> io::Result<()> {
@@ -144,7 +151,18 @@ impl AuditLog {
         self.finish(line)
     }
 
-    /// Adds the wall time, ends the line, appends and syncs it.
+    /// Writes the buffered lines and syncs the file (one fsync per batch of
+    /// lines: a burst of a thousand deletions is not a thousand fsyncs).
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&self.buffer)?;
+        self.buffer.clear();
+        self.file.sync_data()
+    }
+
+    /// Adds the wall time and ends the line, in the buffer.
     fn finish(&mut self, mut line: Vec<u8>) -> io::Result<()> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -153,7 +171,7 @@ impl AuditLog {
         line.extend_from_slice(b",\"wall\":");
         write_json_string(&mut line, &weft_dataflows::event::format_iso8601(now));
         line.extend_from_slice(b"}\n");
-        self.file.write_all(&line)?;
-        self.file.sync_data()
+        self.buffer.extend_from_slice(&line);
+        Ok(())
     }
 }

@@ -349,6 +349,9 @@ fn audit_regulations<'s>(
                     }
                     at = end;
                 }
+                if let Err(e) = log.flush() {
+                    tracing::error!("regulations audit log: {e}");
+                }
             }
         });
 }
