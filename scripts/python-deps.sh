@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Python packages the tests and benchmarks use as independent readers and
-# baselines (pyarrow, DuckDB), installed with `pip install --target` into the
+# baselines (pyarrow, DuckDB) and as a real Segment client library
+# (segment-analytics-python), installed with `pip install --target` into the
 # cache directory: no virtualenv, no user site, no PEP 668 refusal.
 #
 #   eval "$(scripts/python-deps.sh)"   # installs if missing, prints PYTHONPATH=...
@@ -11,7 +12,7 @@
 set -euo pipefail
 CACHE="${WEFT_CACHE_DIR:-$HOME/.cache/weft}"
 TARGET="$CACHE/python"
-PACKAGES=(pyarrow==26.0.1 duckdb==2.0.0)
+PACKAGES=(pyarrow==26.0.1 duckdb==2.0.0 segment-analytics-python==2.4.0)
 STAMP="$TARGET/.weft-installed-$(printf '%s' "${PACKAGES[*]}" | md5sum | cut -c1-12)"
 if [[ ! -f "$STAMP" ]]; then
   mkdir -p "$TARGET"

@@ -1,3 +1,4 @@
 //! Weft benchmark harness and event generator.
 
+pub mod cost;
 pub mod gen;

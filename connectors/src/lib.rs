@@ -12,6 +12,7 @@
 
 #![forbid(missing_docs)]
 
+pub mod collect;
 pub mod file_sink;
 pub mod file_source;
 pub mod kafka;

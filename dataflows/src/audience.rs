@@ -32,10 +32,14 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine, ValBuilder, ValSpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use timely::dataflow::operators::vec::Map as _;
+
+use weft_operators::future::HoldFuture;
 
 use crate::event::{write_json_string, Event, Field};
 use crate::query::{
@@ -114,6 +118,12 @@ impl AggValue {
             }
             AggValue::Json(j) => out.extend_from_slice(j.as_bytes()),
         }
+    }
+}
+
+impl WriteJson for AggValue {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        self.write(out)
     }
 }
 
@@ -228,9 +238,99 @@ pub fn event_value(e: &Event, path: &EventPath) -> AggValue {
     let Some(raw) = e.get(field) else {
         return AggValue::Null;
     };
-    match serde_json::from_str::<Json>(raw) {
-        Ok(v) => lookup(&v, sub).map_or(AggValue::Null, AggValue::from_json),
-        Err(_) => AggValue::Null,
+    if sub.is_empty() {
+        return serde_json::from_str::<Json>(raw).map_or(AggValue::Null, |v| AggValue::from_json(&v));
+    }
+    // Walk the raw text to the path; only the value found is materialized.
+    let mut de = serde_json::Deserializer::from_str(raw);
+    match serde::de::DeserializeSeed::deserialize(raw_path::PathSeed(sub), &mut de) {
+        Ok(Some(v)) => AggValue::from_json(&v),
+        _ => AggValue::Null,
+    }
+}
+
+/// Finding one path in raw JSON text without building the whole tree.
+///
+/// Same answers as parsing the text into a `serde_json::Value` and following
+/// the keys with `Value::get`: a key that repeats takes its last value, and a
+/// path through anything but an object finds nothing.
+mod raw_path {
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde_json::Value as Json;
+
+    /// Finds `self.0` (non-empty) in the value being deserialized.
+    pub struct PathSeed<'p>(pub &'p [String]);
+
+    impl<'de> DeserializeSeed<'de> for PathSeed<'_> {
+        type Value = Option<Json>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Json>, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for PathSeed<'_> {
+        type Value = Option<Json>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Json>, A::Error> {
+            let (first, rest) = self.0.split_first().expect("a non-empty path");
+            let mut found = None;
+            while let Some(hit) = map.next_key_seed(KeyIs(first))? {
+                if !hit {
+                    map.next_value::<IgnoredAny>()?;
+                } else if rest.is_empty() {
+                    found = Some(map.next_value::<Json>()?);
+                } else {
+                    found = map.next_value_seed(PathSeed(rest))?;
+                }
+            }
+            Ok(found)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Json>, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Option<Json>, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Option<Json>, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Option<Json>, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Option<Json>, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Option<Json>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Option<Json>, E> {
+            Ok(None)
+        }
+    }
+
+    /// Deserializes a map key into whether it equals `self.0`.
+    struct KeyIs<'k>(&'k str);
+
+    impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for KeyIs<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+            Ok(v == self.0)
+        }
     }
 }
 
@@ -265,20 +365,18 @@ pub type Contribution = (i64, String, AggValue);
 
 /// The contribution of an event to an aggregate, if it is selected and has the value.
 pub fn contribution(agg: &Aggregate, e: &Event) -> Option<Contribution> {
+    contributed_value(agg, e).map(|v| (e.time_ms, e.message_id().to_string(), v))
+}
+
+/// The value an event contributes to an aggregate, if it is selected and has it.
+fn contributed_value(agg: &Aggregate, e: &Event) -> Option<AggValue> {
     if !selects(&agg.events, e) {
         return None;
     }
-    let value = match &agg.field {
-        None => AggValue::Null,
-        Some(p) => {
-            let v = event_value(e, p);
-            if matches!(v, AggValue::Null) {
-                return None;
-            }
-            v
-        }
-    };
-    Some((e.time_ms, e.message_id().to_string(), value))
+    match &agg.field {
+        None => Some(AggValue::Null),
+        Some(p) => Some(event_value(e, p)).filter(|v| !matches!(v, AggValue::Null)),
+    }
 }
 
 /// The aggregate of a profile's contributions (with multiplicities).
@@ -420,27 +518,82 @@ pub fn evaluate_condition(c: &Condition, values: &[Option<AggValue>]) -> bool {
 
 /// Applies a window as a temporal filter: `(d, t, r)` becomes `(d, max(t, e), r)`
 /// and `(d, e + w, -r)`, or nothing when `e + w <= max(t, e)`.
+///
+/// The retractions are held (see `weft_operators::future`) until the
+/// frontier reaches them, so downstream arrangements never hold days of
+/// future updates in their batchers.
 pub fn temporal_window<'s, D>(
     coll: VecCollection<'s, u64, D, isize>,
     window_ms: u64,
     event_time: impl Fn(&D) -> i64 + 'static,
 ) -> VecCollection<'s, u64, D, isize>
 where
-    D: Clone + 'static,
+    D: Ord + Clone + 'static,
 {
     coll.inner
         .flat_map(move |(d, t, r)| {
-            let e = event_time(&d).max(0) as u64;
-            let start = t.max(e);
-            let end = e.saturating_add(window_ms);
-            let pair = if end > start {
-                vec![(d.clone(), start, r), (d, end, -r)]
-            } else {
-                Vec::new()
-            };
-            pair.into_iter()
+            let e = event_time(&d);
+            window_updates(d, t, r, e, window_ms)
         })
         .as_collection()
+        .hold_future("HoldWindowExpiries")
+}
+
+/// A windowed update's insertion at `max(t, e)` and retraction at `e + w`
+/// (neither when the window has run out on arrival).
+fn window_updates<D: Clone>(
+    d: D,
+    t: u64,
+    r: isize,
+    event_time: i64,
+    window_ms: u64,
+) -> impl Iterator<Item = (D, u64, isize)> {
+    let e = event_time.max(0) as u64;
+    let start = t.max(e);
+    let end = e.saturating_add(window_ms);
+    let pair = (end > start).then(|| [(d.clone(), start, r), (d, end, -r)]);
+    pair.into_iter().flatten()
+}
+
+/// Each profile's contributions to an aggregate, windowed.
+///
+/// Only `first` and `last` need an event's time and messageId; the other
+/// functions depend on the multiset of values alone, so their contributions
+/// carry `(0, "", value)` and equal values of one profile consolidate into
+/// one record with a multiplicity (a `count` is one record per profile).
+fn windowed_contributions<'s, P>(
+    events: VecCollection<'s, u64, (P, Event), isize>,
+    agg: &Aggregate,
+) -> VecCollection<'s, u64, (P, Contribution), isize>
+where
+    P: timely::ExchangeData + Ord + Clone,
+{
+    let a = agg.clone();
+    let ordered = matches!(agg.func, AggFunc::First | AggFunc::Last);
+    let window = agg.events.window.map(|w| w.0);
+    let updates = events
+        .inner
+        .flat_map(move |((p, e), t, r)| {
+            let c = contributed_value(&a, &e).map(|v| {
+                let c: Contribution = if ordered {
+                    (e.time_ms, e.message_id().to_string(), v)
+                } else {
+                    (0, String::new(), v)
+                };
+                (p, c)
+            });
+            let (now, windowed) = match (c, window) {
+                (None, _) => (None, None),
+                (Some(c), None) => (Some((c, t, r)), None),
+                (Some(c), Some(w)) => (None, Some(window_updates(c, t, r, e.time_ms, w))),
+            };
+            now.into_iter().chain(windowed.into_iter().flatten())
+        })
+        .as_collection();
+    match window {
+        Some(_) => updates.hold_future("HoldWindowExpiries"),
+        None => updates,
+    }
 }
 
 /// The collections an audience compilation reads.
@@ -458,6 +611,15 @@ pub type TraitValues<'s, P> = VecCollection<'s, u64, (P, AggValue), isize>;
 /// An audience's members.
 pub type Members<'s, P> = VecCollection<'s, u64, P, isize>;
 
+/// One leaf's values, tagged with its slot: `(profile, (slot, value))`.
+type LeafValues<'s, P> = VecCollection<'s, u64, (P, (usize, AggValue)), isize>;
+
+/// A computed trait's values, arranged by profile (the reduce's own output
+/// arrangement: exporting it costs no extra copy).
+pub type ValuesTrace<P> = TraceAgent<ValSpine<P, AggValue, u64, isize>>;
+/// An audience's members, arranged (the reduce's own output arrangement).
+pub type MembersTrace<P> = TraceAgent<KeySpine<P, u64, isize>>;
+
 /// Builds the aggregate's per-profile values (profiles with matching events only).
 pub fn compile_aggregate<'s, P>(
     inputs: &ProfileInputs<'s, P>,
@@ -466,20 +628,33 @@ pub fn compile_aggregate<'s, P>(
 where
     P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
 {
-    let a = agg.clone();
-    let contributions = inputs
-        .events
-        .clone()
-        .flat_map(move |(p, e)| contribution(&a, &e).map(|c| (p, c)));
-    let windowed = match agg.events.window {
-        Some(w) => temporal_window(contributions, w.0, |(_, c)| c.0),
-        None => contributions,
-    };
+    arrange_aggregate(inputs, agg).as_collection(|p, v| (p.clone(), v.clone()))
+}
+
+/// [`compile_aggregate`], returning the arrangement of the values by profile,
+/// whose trace can be exported to other dataflows (runtime audiences import
+/// the computed traits they refer to).
+pub fn arrange_aggregate<'s, P>(
+    inputs: &ProfileInputs<'s, P>,
+    agg: &Aggregate,
+) -> Arranged<'s, ValuesTrace<P>>
+where
+    P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
+{
     let func = agg.func;
-    windowed.reduce(move |_p, input, output| {
-        let v = aggregate(func, input);
-        output.push((v, 1));
-    })
+    windowed_contributions(inputs.events.clone(), agg)
+        .arrange_by_key_named("Arrange: Aggregate")
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<P, AggValue, u64, isize>, _, _>(
+            "Aggregate",
+            move |_p, input, output| {
+                let v = aggregate(func, input);
+                output.push((v, 1));
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+            },
+        )
 }
 
 /// Builds an audience's members.
@@ -495,10 +670,25 @@ pub fn compile_audience<'s, P>(
 where
     P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
 {
+    Ok(arrange_audience(inputs, condition, computed, audiences)?.as_collection(|p, ()| p.clone()))
+}
+
+/// [`compile_audience`], returning the arrangement of the members, whose
+/// trace can be exported to other dataflows (runtime audiences import the
+/// audiences they refer to).
+pub fn arrange_audience<'s, P>(
+    inputs: &ProfileInputs<'s, P>,
+    condition: &Condition,
+    computed: &BTreeMap<String, TraitValues<'s, P>>,
+    audiences: &BTreeMap<String, Members<'s, P>>,
+) -> Result<Arranged<'s, MembersTrace<P>>, String>
+where
+    P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
+{
     let mut ls = Vec::new();
     leaves(condition, &mut ls);
     // STEP 1. One (P, (slot, value)) collection per leaf.
-    let mut slots: Vec<VecCollection<'s, u64, (P, (usize, AggValue)), isize>> = Vec::new();
+    let mut slots: Vec<LeafValues<'s, P>> = Vec::new();
     for (i, leaf) in ls.iter().enumerate() {
         let coll = match leaf {
             Leaf::Value(ValueRef::Agg(a), _) => {
@@ -539,21 +729,28 @@ where
     let cond = condition.clone();
     let n = ls.len();
     let members = all
-        .reduce(move |_p, input, output| {
-            if !input.iter().any(|((slot, _), _)| *slot == usize::MAX) {
-                return; // not a profile (any more)
-            }
-            let mut values: Vec<Option<AggValue>> = vec![None; n];
-            for ((slot, v), _) in input {
-                if *slot < n {
-                    values[*slot] = Some(v.clone());
+        .arrange_by_key_named("Arrange: Audience")
+        .reduce_abelian::<_, KeyBuilder<P, u64, isize>, KeySpine<P, u64, isize>, _, _>(
+            "Audience",
+            move |_p, input, output| {
+                if !input.iter().any(|((slot, _), _)| *slot == usize::MAX) {
+                    return; // not a profile (any more)
                 }
-            }
-            if evaluate_condition(&cond, &values) {
-                output.push(((), 1));
-            }
-        })
-        .map(|(p, ())| p);
+                let mut values: Vec<Option<AggValue>> = vec![None; n];
+                for ((slot, v), _) in input {
+                    if *slot < n {
+                        values[*slot] = Some(v.clone());
+                    }
+                }
+                if evaluate_condition(&cond, &values) {
+                    output.push(((), 1));
+                }
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+            },
+        );
     Ok(members)
 }
 

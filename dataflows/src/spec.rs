@@ -166,6 +166,35 @@ pub enum SourceSpec {
         #[serde(default)]
         options: BTreeMap<String, String>,
     },
+    /// Events posted to the Segment-compatible collection API (`/v1/track`,
+    /// `/v1/batch`, ...) with one of `write_keys`; unbounded. Accepted events
+    /// go to `topic` when one is set (and are read back like a Kafka source),
+    /// else to a durable log in the job's state directory. See
+    /// `docs/collection-api.md`.
+    Http {
+        /// Unique source name.
+        name: String,
+        /// The write keys that route requests to this source (HTTP Basic
+        /// user name, or `writeKey` in the body).
+        write_keys: Vec<String>,
+        /// Kafka topic the API produces accepted events to; without one they
+        /// go to `<state_dir>/collect/<name>/`.
+        #[serde(default)]
+        topic: Option<String>,
+        /// `host:port[,...]` (with `topic` only); defaults to the
+        /// `KAFKA_BROKERS` environment variable.
+        #[serde(default)]
+        brokers: Option<String>,
+        /// Partitions of `topic` when Weft creates it.
+        #[serde(default = "default_partitions")]
+        partitions: u32,
+        /// Granularity of the ingestion-time clock.
+        #[serde(default = "default_tick")]
+        tick: DurationMs,
+        /// librdkafka options for the producer and the consumer (with `topic` only).
+        #[serde(default)]
+        options: BTreeMap<String, String>,
+    },
 }
 
 fn default_tick() -> DurationMs {
@@ -176,7 +205,18 @@ impl SourceSpec {
     /// The source's name.
     pub fn name(&self) -> &str {
         match self {
-            SourceSpec::File { name, .. } | SourceSpec::Kafka { name, .. } => name,
+            SourceSpec::File { name, .. }
+            | SourceSpec::Kafka { name, .. }
+            | SourceSpec::Http { name, .. } => name,
+        }
+    }
+
+    /// Whether the source ends by itself (files, bounded Kafka reads).
+    pub fn bounded(&self) -> bool {
+        match self {
+            SourceSpec::File { .. } => true,
+            SourceSpec::Kafka { bounded, .. } => *bounded,
+            SourceSpec::Http { .. } => false,
         }
     }
 }
@@ -403,10 +443,178 @@ pub enum SinkSpec {
         #[serde(default)]
         options: BTreeMap<String, String>,
     },
+    /// An HTTP endpoint: changes POSTed as JSON batches, retried, queued on
+    /// disk under `<state_dir>/webhook/<name>` (at least once; see
+    /// `weft_connectors::webhook`).
+    Webhook(WebhookSinkSpec),
+    /// PostgreSQL tables like Segment's, one transaction per commit with the
+    /// sink's progress (exactly once; see `weft_connectors::warehouse`).
+    Postgres(PostgresSinkSpec),
+    /// A Parquet data lake under one root directory (see `weft_connectors::lake`).
+    Lake(LakeSinkSpec),
 }
 
 fn default_partitions() -> u32 {
     1
+}
+
+/// `[[sinks]]` with `type = "webhook"`. Defaults are the webhook sink's.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSinkSpec {
+    /// Unique sink name: letters, digits, `-`, `_`, `.` (it names the sink's
+    /// state directory and is part of every `messageId`).
+    pub name: String,
+    /// Which of the job's outputs it writes.
+    pub output: OutputName,
+    /// The `http://` or `https://` URL batches are POSTed to.
+    pub url: String,
+    /// Extra request headers, e.g. `Authorization`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Most messages in one request.
+    #[serde(default = "default_webhook_batch_size")]
+    pub batch_size: usize,
+    /// Most bytes of messages in one request (a larger single message goes alone).
+    #[serde(default = "default_webhook_batch_bytes")]
+    pub max_batch_bytes: usize,
+    /// How long a batch that is not full waits for more messages.
+    #[serde(default = "default_webhook_linger")]
+    pub linger: DurationMs,
+    /// Timeout of one request, connecting to reading the response.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: DurationMs,
+    /// How long a batch is retried, from its first attempt, before it is dead-lettered.
+    #[serde(default = "default_webhook_horizon")]
+    pub retry_horizon: DurationMs,
+    /// Ceiling of the first retry's random wait; doubles per attempt.
+    #[serde(default = "default_webhook_initial_backoff")]
+    pub initial_backoff: DurationMs,
+    /// Largest ceiling of a retry's random wait.
+    #[serde(default = "default_webhook_max_backoff")]
+    pub max_backoff: DurationMs,
+    /// MiB of queued messages kept in memory; the rest is read back from disk.
+    #[serde(default = "default_webhook_memory_mb")]
+    pub max_memory_mb: u64,
+    /// MiB at which a queue segment file is closed and a new one started.
+    #[serde(default = "default_webhook_segment_mb")]
+    pub segment_mb: u64,
+    /// How long the end of a bounded job waits for the queue to drain.
+    #[serde(default = "default_webhook_drain_timeout")]
+    pub drain_timeout: DurationMs,
+}
+
+fn default_webhook_batch_size() -> usize {
+    100
+}
+fn default_webhook_batch_bytes() -> usize {
+    512 << 10
+}
+fn default_webhook_linger() -> DurationMs {
+    DurationMs(200)
+}
+fn default_webhook_timeout() -> DurationMs {
+    DurationMs(10_000)
+}
+fn default_webhook_horizon() -> DurationMs {
+    DurationMs(4 * 3_600_000)
+}
+fn default_webhook_initial_backoff() -> DurationMs {
+    DurationMs(500)
+}
+fn default_webhook_max_backoff() -> DurationMs {
+    DurationMs(300_000)
+}
+fn default_webhook_memory_mb() -> u64 {
+    64
+}
+fn default_webhook_segment_mb() -> u64 {
+    16
+}
+fn default_webhook_drain_timeout() -> DurationMs {
+    DurationMs(30_000)
+}
+
+/// `[[sinks]]` with `type = "postgres"`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkSpec {
+    /// Unique sink name (its key in the schema's `weft_progress` table).
+    pub name: String,
+    /// Which of the job's outputs it writes: one of [`PostgresSinkSpec::OUTPUTS`].
+    pub output: OutputName,
+    /// `postgres://user:password@host:port/database`; defaults to the
+    /// `WEFT_PG_URL` environment variable.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The schema the tables live in (created if missing).
+    #[serde(default = "default_pg_schema")]
+    pub schema: String,
+    /// How long a statement may wait for a lock before the commit fails.
+    #[serde(default = "default_pg_lock_timeout")]
+    pub lock_timeout: DurationMs,
+    /// MiB of staged changes past which they are applied early, inside the
+    /// transaction the next commit closes.
+    #[serde(default = "default_pg_buffered_mb")]
+    pub max_buffered_mb: u64,
+}
+
+impl PostgresSinkSpec {
+    /// The outputs the warehouse has tables for.
+    pub const OUTPUTS: [OutputName; 4] = [
+        OutputName::Events,
+        OutputName::ProfileTraits,
+        OutputName::Audiences,
+        OutputName::ComputedTraits,
+    ];
+}
+
+fn default_pg_schema() -> String {
+    "weft".to_string()
+}
+fn default_pg_lock_timeout() -> DurationMs {
+    DurationMs(30_000)
+}
+fn default_pg_buffered_mb() -> u64 {
+    64
+}
+
+/// `[[sinks]]` with `type = "lake"`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LakeSinkSpec {
+    /// Unique sink name.
+    pub name: String,
+    /// Which of the job's outputs it writes: any but `errors` and `counts`.
+    pub output: OutputName,
+    /// The lake's root directory (relative to the spec file's directory),
+    /// created if missing; one sink per root.
+    pub root: PathBuf,
+    /// A file is sealed once it reaches this many MiB.
+    #[serde(default = "default_lake_file_mb")]
+    pub target_file_mb: u64,
+    /// Rows per Parquet row group, at most.
+    #[serde(default = "default_lake_row_group_rows")]
+    pub max_row_group_rows: usize,
+    /// Partitions with an open file, at most.
+    #[serde(default = "default_lake_open_partitions")]
+    pub max_open_partitions: usize,
+    /// MiB of encoded data open files hold in memory, at most (roughly).
+    #[serde(default = "default_lake_buffered_mb")]
+    pub max_buffered_mb: u64,
+}
+
+fn default_lake_file_mb() -> u64 {
+    128
+}
+fn default_lake_row_group_rows() -> usize {
+    128 * 1024
+}
+fn default_lake_open_partitions() -> usize {
+    64
+}
+fn default_lake_buffered_mb() -> u64 {
+    256
 }
 
 impl SinkSpec {
@@ -416,6 +624,9 @@ impl SinkSpec {
             SinkSpec::File { name, .. }
             | SinkSpec::Stdout { name, .. }
             | SinkSpec::Kafka { name, .. } => name,
+            SinkSpec::Webhook(w) => &w.name,
+            SinkSpec::Postgres(p) => &p.name,
+            SinkSpec::Lake(l) => &l.name,
         }
     }
     /// The output it writes.
@@ -424,6 +635,9 @@ impl SinkSpec {
             SinkSpec::File { output, .. }
             | SinkSpec::Stdout { output, .. }
             | SinkSpec::Kafka { output, .. } => *output,
+            SinkSpec::Webhook(w) => w.output,
+            SinkSpec::Postgres(p) => p.output,
+            SinkSpec::Lake(l) => l.output,
         }
     }
 }
@@ -520,6 +734,11 @@ impl JobSpec {
                         *brokers = std::env::var("KAFKA_BROKERS").ok();
                     }
                 }
+                SourceSpec::Http { brokers, topic, .. } => {
+                    if topic.is_some() && brokers.is_none() {
+                        *brokers = std::env::var("KAFKA_BROKERS").ok();
+                    }
+                }
             }
         }
         if self.job.state_dir.is_none() {
@@ -542,7 +761,13 @@ impl JobSpec {
                         *brokers = std::env::var("KAFKA_BROKERS").ok();
                     }
                 }
-                SinkSpec::Stdout { .. } => {}
+                SinkSpec::Postgres(p) => {
+                    if p.url.is_none() {
+                        p.url = std::env::var("WEFT_PG_URL").ok();
+                    }
+                }
+                SinkSpec::Lake(l) => fix(&mut l.root),
+                SinkSpec::Stdout { .. } | SinkSpec::Webhook(_) => {}
             }
         }
     }
@@ -574,6 +799,7 @@ impl JobSpec {
             );
         }
         let mut names = BTreeSet::new();
+        let mut write_keys = BTreeSet::new();
         for (i, s) in self.sources.iter().enumerate() {
             if !names.insert(s.name().to_string()) {
                 bad(
@@ -609,6 +835,7 @@ impl JobSpec {
                         );
                     }
                 }
+                SourceSpec::Http { .. } => validate_http_source(i, s, &mut write_keys, &mut bad),
             }
         }
         if self.dedupe.window > MAX_DEDUPE_WINDOW || self.dedupe.window.0 == 0 {
@@ -750,6 +977,7 @@ impl JobSpec {
             }
         }
         let mut sink_names = BTreeSet::new();
+        let mut lake_roots: BTreeMap<&Path, &str> = BTreeMap::new();
         for (i, s) in self.sinks.iter().enumerate() {
             if !sink_names.insert(s.name().to_string()) {
                 bad(
@@ -778,6 +1006,24 @@ impl JobSpec {
                         "expected at least 1 partition".into(),
                     );
                 }
+            }
+            let key = format!("sinks[{i}]");
+            match s {
+                SinkSpec::Webhook(w) => check_webhook(&mut bad, &key, w),
+                SinkSpec::Postgres(p) => check_postgres(&mut bad, &key, p),
+                SinkSpec::Lake(l) => {
+                    check_lake(&mut bad, &key, l);
+                    if let Some(other) = lake_roots.insert(&l.root, l.name.as_str()) {
+                        bad(
+                            format!("{key}.root"),
+                            format!(
+                                "{} is already the root of lake sink {other:?}; give each lake sink its own root",
+                                l.root.display()
+                            ),
+                        );
+                    }
+                }
+                SinkSpec::File { .. } | SinkSpec::Stdout { .. } | SinkSpec::Kafka { .. } => {}
             }
         }
         if errs.is_empty() {
@@ -812,6 +1058,249 @@ fn check_named(
     }
     if query.trim().is_empty() {
         bad(format!("{key}.query"), "expected a non-empty query".into());
+    }
+}
+
+/// Header names the webhook sink sets itself.
+const WEBHOOK_RESERVED_HEADERS: [&str; 6] = [
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "host",
+    "idempotency-key",
+];
+
+fn check_webhook(bad: &mut impl FnMut(String, String), key: &str, w: &WebhookSinkSpec) {
+    let WebhookSinkSpec {
+        name,
+        output: _,
+        url,
+        headers,
+        batch_size,
+        max_batch_bytes,
+        linger: _,
+        timeout,
+        retry_horizon: _,
+        initial_backoff,
+        max_backoff,
+        max_memory_mb: _,
+        segment_mb,
+        drain_timeout: _,
+    } = w;
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.starts_with('.') || !name.chars().all(name_ok) {
+        bad(
+            format!("{key}.name"),
+            format!("a webhook sink's name names its state directory: expected letters, digits, '-', '_' and '.' (not first), got {name:?}"),
+        );
+    }
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+        bad(
+            format!("{key}.url"),
+            format!("expected an http:// or https:// URL, got {url:?}"),
+        );
+    }
+    for h in headers.keys() {
+        if WEBHOOK_RESERVED_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
+            bad(
+                format!("{key}.headers.{h}"),
+                "this header is set by the sink; remove it".into(),
+            );
+        } else if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            bad(
+                format!("{key}.headers.{h}"),
+                "not a valid HTTP header name".into(),
+            );
+        }
+    }
+    if *batch_size == 0 {
+        bad(format!("{key}.batch_size"), "expected at least 1".into());
+    }
+    if *max_batch_bytes == 0 {
+        bad(
+            format!("{key}.max_batch_bytes"),
+            "expected at least 1".into(),
+        );
+    }
+    if timeout.0 == 0 {
+        bad(
+            format!("{key}.timeout"),
+            "expected a positive duration".into(),
+        );
+    }
+    if initial_backoff.0 == 0 {
+        bad(
+            format!("{key}.initial_backoff"),
+            "expected a positive duration".into(),
+        );
+    }
+    if max_backoff < initial_backoff {
+        bad(
+            format!("{key}.max_backoff"),
+            format!(
+                "expected at least initial_backoff ({}ms), got {}ms",
+                initial_backoff.0, max_backoff.0
+            ),
+        );
+    }
+    if *segment_mb == 0 {
+        bad(format!("{key}.segment_mb"), "expected at least 1".into());
+    }
+}
+
+fn check_postgres(bad: &mut impl FnMut(String, String), key: &str, p: &PostgresSinkSpec) {
+    let PostgresSinkSpec {
+        name: _,
+        output,
+        url,
+        schema,
+        lock_timeout,
+        max_buffered_mb,
+    } = p;
+    if !PostgresSinkSpec::OUTPUTS.contains(output) {
+        bad(
+            format!("{key}.output"),
+            format!(
+                "the postgres sink has tables for the outputs {} only, not {:?}",
+                PostgresSinkSpec::OUTPUTS.map(|o| o.as_str()).join(", "),
+                output.as_str()
+            ),
+        );
+    }
+    if url.as_deref().is_some_and(|u| u.trim().is_empty()) {
+        bad(
+            format!("{key}.url"),
+            "expected a connection string like postgres://user:password@host:5432/db".into(),
+        );
+    }
+    if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
+        bad(
+            format!("{key}.schema"),
+            format!("expected a PostgreSQL name of 1 to 63 bytes, got {schema:?}"),
+        );
+    }
+    if lock_timeout.0 == 0 {
+        bad(
+            format!("{key}.lock_timeout"),
+            "expected a positive duration".into(),
+        );
+    }
+    if *max_buffered_mb == 0 {
+        bad(
+            format!("{key}.max_buffered_mb"),
+            "expected at least 1".into(),
+        );
+    }
+}
+
+fn check_lake(bad: &mut impl FnMut(String, String), key: &str, l: &LakeSinkSpec) {
+    let LakeSinkSpec {
+        name: _,
+        output,
+        root,
+        target_file_mb,
+        max_row_group_rows,
+        max_open_partitions,
+        max_buffered_mb,
+    } = l;
+    if matches!(output, OutputName::Errors | OutputName::Counts) {
+        bad(
+            format!("{key}.output"),
+            format!(
+                "the lake sink writes events and the profile outputs, not {:?}",
+                output.as_str()
+            ),
+        );
+    }
+    if root.as_os_str().is_empty() {
+        bad(format!("{key}.root"), "expected a directory".into());
+    }
+    for (field, value) in [
+        ("target_file_mb", *target_file_mb as usize),
+        ("max_row_group_rows", *max_row_group_rows),
+        ("max_open_partitions", *max_open_partitions),
+        ("max_buffered_mb", *max_buffered_mb as usize),
+    ] {
+        if value == 0 {
+            bad(format!("{key}.{field}"), "expected at least 1".into());
+        }
+    }
+}
+
+/// Checks `sources[i]`, an HTTP source; `seen` holds the write keys of the
+/// sources before it (a key routes to one source).
+fn validate_http_source(
+    i: usize,
+    source: &SourceSpec,
+    seen: &mut BTreeSet<String>,
+    bad: &mut impl FnMut(String, String),
+) {
+    let SourceSpec::Http {
+        name: _,
+        write_keys,
+        topic,
+        brokers,
+        partitions,
+        tick,
+        options,
+    } = source
+    else {
+        return;
+    };
+    if write_keys.is_empty() {
+        bad(
+            format!("sources[{i}].write_keys"),
+            "expected at least one write key".into(),
+        );
+    }
+    for (k, key) in write_keys.iter().enumerate() {
+        if key.is_empty()
+            || key
+                .chars()
+                .any(|c| c == ':' || c.is_whitespace() || c.is_control())
+        {
+            bad(
+                format!("sources[{i}].write_keys[{k}]"),
+                format!("expected a non-empty key without ':', spaces or control characters, got {key:?}"),
+            );
+        } else if !seen.insert(key.clone()) {
+            bad(
+                format!("sources[{i}].write_keys[{k}]"),
+                format!("write key {key:?} is listed twice; a key routes to one source"),
+            );
+        }
+    }
+    match topic {
+        Some(t) if t.trim().is_empty() => bad(
+            format!("sources[{i}].topic"),
+            "expected a topic name".into(),
+        ),
+        Some(_) => {}
+        None => {
+            if brokers.is_some() || !options.is_empty() {
+                bad(
+                    format!("sources[{i}].brokers"),
+                    "`brokers` and `options` apply only with `topic`; set a topic or remove them"
+                        .into(),
+                );
+            }
+        }
+    }
+    if *partitions == 0 {
+        bad(
+            format!("sources[{i}].partitions"),
+            "expected at least 1 partition".into(),
+        );
+    }
+    if tick.0 == 0 || tick.0 > 60_000 {
+        bad(
+            format!("sources[{i}].tick"),
+            format!("expected a tick between 1ms and 60s, got {}ms", tick.0),
+        );
     }
 }
 
@@ -902,6 +1391,79 @@ output = "counts"
     }
 
     #[test]
+    fn http_sources_parse_validate_and_round_trip() {
+        let http = |extra: &str| {
+            format!("[job]\nname = \"t\"\n[[sources]]\ntype = \"http\"\nname = \"api\"\n{extra}\n")
+        };
+        let s = JobSpec::from_toml(&http("write_keys = [\"k1\", \"k2\"]")).unwrap();
+        s.validate().unwrap();
+        assert!(!s.sources[0].bounded());
+        match &s.sources[0] {
+            SourceSpec::Http {
+                write_keys,
+                topic,
+                tick,
+                partitions,
+                ..
+            } => {
+                assert_eq!(write_keys, &["k1", "k2"]);
+                assert_eq!(topic, &None);
+                assert_eq!(*tick, DurationMs(100));
+                assert_eq!(*partitions, 1);
+            }
+            other => panic!("not an http source: {other:?}"),
+        }
+        assert_eq!(
+            JobSpec::from_toml(&toml::to_string(&s).unwrap()).unwrap(),
+            s
+        );
+        let t = JobSpec::from_toml(&http(
+            "write_keys = [\"k\"]\ntopic = \"in\"\nbrokers = \"127.0.0.1:9092\"\npartitions = 3",
+        ))
+        .unwrap();
+        t.validate().unwrap();
+        assert_eq!(
+            JobSpec::from_toml(&toml::to_string(&t).unwrap()).unwrap(),
+            t
+        );
+
+        let e = err_of(&http("write_keys = []"));
+        assert!(
+            e.contains("sources[0].write_keys: expected at least one"),
+            "{e}"
+        );
+        let e = err_of(&http("write_keys = [\"a:b\", \"\"]"));
+        assert!(
+            e.contains("sources[0].write_keys[0]") && e.contains("sources[0].write_keys[1]"),
+            "{e}"
+        );
+        let e = err_of(&http("write_keys = [\"k\"]\nbrokers = \"h:1\""));
+        assert!(
+            e.contains("sources[0].brokers") && e.contains("only with `topic`"),
+            "{e}"
+        );
+        let e = err_of(&http(
+            "write_keys = [\"k\"]\ntopic = \" \"\npartitions = 0\ntick = \"0ms\"",
+        ));
+        assert!(
+            e.contains("sources[0].topic")
+                && e.contains("sources[0].partitions")
+                && e.contains("sources[0].tick"),
+            "{e}"
+        );
+        let e = err_of(&format!(
+            "{}[[sources]]\ntype = \"http\"\nname = \"other\"\nwrite_keys = [\"k\"]\n",
+            http("write_keys = [\"k\"]")
+        ));
+        assert!(
+            e.contains("sources[1].write_keys[0]") && e.contains("listed twice"),
+            "{e}"
+        );
+        let e = err_of(&http("write_keys = [\"k\"]\nwritekey = \"k\""));
+        assert!(e.contains("writekey"), "{e}");
+    }
+
+    #[test]
     fn specs_round_trip_through_toml() {
         let mut s = JobSpec::from_toml(&format!("{MINIMAL}\n[dedupe]\nwindow = \"2d\"\n")).unwrap();
         s.resolve_paths(Path::new("/x"));
@@ -916,6 +1478,108 @@ output = "counts"
         assert_eq!(DurationMs::parse("500ms"), Ok(DurationMs(500)));
         assert!(DurationMs::parse("d").is_err());
         assert!(DurationMs::parse("5y").is_err());
+    }
+
+    const DESTINATIONS: &str = r#"
+[[sinks]]
+type = "webhook"
+name = "hook"
+output = "events"
+url = "https://example.com/in"
+headers = { Authorization = "Bearer x" }
+[[sinks]]
+type = "postgres"
+name = "pg"
+output = "audiences"
+url = "postgres://u@127.0.0.1:5432/db"
+[[sinks]]
+type = "lake"
+name = "lake"
+output = "events"
+root = "lake/events"
+target_file_mb = 16
+"#;
+
+    #[test]
+    fn destination_sinks_have_the_sinks_defaults() {
+        let mut s = JobSpec::from_toml(&format!("{MINIMAL}{DESTINATIONS}")).unwrap();
+        s.validate().unwrap();
+        s.resolve_paths(Path::new("/jobs"));
+        let names: Vec<_> = s.sinks.iter().map(|k| (k.name(), k.output())).collect();
+        assert_eq!(
+            names,
+            [
+                ("counts", OutputName::Counts),
+                ("hook", OutputName::Events),
+                ("pg", OutputName::Audiences),
+                ("lake", OutputName::Events)
+            ]
+        );
+        match &s.sinks[1] {
+            SinkSpec::Webhook(w) => {
+                assert_eq!(w.headers["Authorization"], "Bearer x");
+                assert_eq!(w.batch_size, 100);
+                assert_eq!(w.linger, DurationMs(200));
+                assert_eq!(w.timeout, DurationMs(10_000));
+                assert_eq!(w.retry_horizon, DurationMs(4 * 3_600_000));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &s.sinks[2] {
+            SinkSpec::Postgres(p) => {
+                assert_eq!(p.schema, "weft");
+                assert_eq!(p.url.as_deref(), Some("postgres://u@127.0.0.1:5432/db"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &s.sinks[3] {
+            SinkSpec::Lake(l) => {
+                assert_eq!(l.root, Path::new("/jobs/lake/events"));
+                assert_eq!(l.target_file_mb, 16);
+            }
+            other => panic!("{other:?}"),
+        }
+        let again = JobSpec::from_toml(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(s, again);
+    }
+
+    #[test]
+    fn destination_sinks_name_what_is_wrong() {
+        let e = err_of(&format!(
+            "{MINIMAL}{}",
+            DESTINATIONS.replace(
+                "headers = { Authorization = \"Bearer x\" }",
+                "batchsize = 5"
+            )
+        ));
+        assert!(e.contains("batchsize") && e.contains("batch_size"), "{e}");
+        let e = err_of(&format!(
+            "{MINIMAL}{}",
+            DESTINATIONS
+                .replace("output = \"audiences\"", "output = \"errors\"")
+                .replace("https://example.com/in", "ftp://example.com")
+                .replace("Authorization", "Idempotency-Key")
+                .replace("output = \"events\"\nroot", "output = \"counts\"\nroot")
+                .replace("target_file_mb = 16", "target_file_mb = 0")
+        ));
+        for key in [
+            "sinks[2].output: the postgres sink has tables for the outputs events, profile_traits, audiences, computed_traits only",
+            "sinks[1].url: expected an http:// or https:// URL",
+            "sinks[1].headers.Idempotency-Key: this header is set by the sink",
+            "sinks[3].output",
+            "sinks[3].target_file_mb",
+        ] {
+            assert!(e.contains(key), "{key} in {e}");
+        }
+        let e = err_of(&format!(
+            "{MINIMAL}{DESTINATIONS}[[sinks]]\ntype = \"lake\"\nname = \"lake2\"\noutput = \"audiences\"\nroot = \"lake/events\"\n"
+        ));
+        assert!(e.contains("sinks[4].root") && e.contains("\"lake\""), "{e}");
+        let e = err_of(&format!(
+            "{MINIMAL}{}",
+            DESTINATIONS.replace("name = \"hook\"", "name = \"../hook\"")
+        ));
+        assert!(e.contains("sinks[1].name"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
@@ -33,11 +34,14 @@ use weft_connectors::kafka::admin::create_topic;
 use weft_connectors::kafka::{
     DeadLetterSink, KafkaError, KafkaKey, KafkaSink, KafkaSinkConfig, KafkaSourceConfig,
 };
+use weft_connectors::lake::{LakeConfig, LakeRecord, LakeStats, ParquetLakeSink};
 use weft_connectors::regulations::{LogEntry, RegulationLog};
 use weft_connectors::sink::Sink;
 use weft_connectors::source::{Decoded, PartProgress, Poll, SourcePart};
+use weft_connectors::warehouse::{WarehouseConfig, WarehouseRecord, WarehouseSink, WarehouseStats};
+use weft_connectors::webhook::{WebhookConfig, WebhookSink, WebhookStats};
 use weft_dataflows::audience::{
-    compile_aggregate, compile_audience, AggValue, Members, Membership, ProfileInputs, TraitValue,
+    arrange_aggregate, arrange_audience, AggValue, Members, Membership, ProfileInputs, TraitValue,
     TraitValues,
 };
 use weft_dataflows::event::Event;
@@ -52,60 +56,103 @@ use weft_dataflows::record::{CountKey, WriteJson};
 use weft_dataflows::spec::{
     DedupeSpec, JobSpec, LatePolicySpec, OutputName, SinkFormat, SinkSpec, SourceSpec,
 };
+use weft_dataflows::spec::{LakeSinkSpec, PostgresSinkSpec, WebhookSinkSpec};
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
 use weft_operators::dedupe::{DedupeConfig, LatePolicy};
 use weft_operators::reclock::Reclock;
 
 use crate::audit::AuditLog;
-use crate::runtime::{JobId, JobMetrics, Shared};
+use crate::hub::{hub_operator, Exports, Hub, HubRecord};
+use crate::profile_index::{IndexUpdate, ProfileIndex};
+use crate::runtime::{JobId, JobMetrics, Shared, SinkMetrics};
+use crate::views::JobViews;
 
 /// Records a source part produces per activation before yielding to other operators.
 const SOURCE_BATCH: usize = 8192;
 
-/// The profile-level outputs of a job, readable for sinks.
+/// The profile-level outputs of a job, readable for sinks, and what runtime
+/// audiences attach to.
 struct ProfileOutputs<'s> {
     identities: VecCollection<'s, u64, ProfileRecord, isize>,
     changes: VecCollection<'s, u64, ProfileChangeRecord, isize>,
     traits: VecCollection<'s, u64, TraitRecord, isize>,
     audiences: VecCollection<'s, u64, Membership, isize>,
     computed: VecCollection<'s, u64, TraitValue, isize>,
+    /// The hub and exported arrangements runtime definitions attach to.
+    views: Option<JobViews>,
 }
 
-/// Identity resolution, then computed traits and audiences over the profiles.
+/// Identity resolution, then computed traits and audiences over the profiles,
+/// the hub runtime definitions attach to, and the profile index.
 ///
 /// ```text
 ///  events ─► identity ─► profiles (id → profile), traits, changes
 ///     │                      │
 ///     └─ anchor id ──────────┴─ join ─► (profile, event) ─► computed traits ─► audiences
+///                                             │                   │  (spec)        │
+///   exported: events by anchor, profile of,   │   RuntimeDefinitions (hub) ─────────┤
+///   traits, profiles, each spec definition    ▼                                     ▼
+///                                       profile index (worker 0) ◄── audiences / computed_traits outputs
 /// ```
+///
+/// `index` is this worker's profile index: `Some` on global worker 0 only
+/// (every update is routed there). The index counts as one of the job's
+/// sinks: `done` is bumped once it has applied everything.
 fn build_profiles<'s>(
     events: VecCollection<'s, u64, Event, isize>,
     prebuilt: Option<IdentityOutputs<'s>>,
     spec: &JobSpec,
+    index: Option<Arc<ProfileIndex>>,
+    done: &Rc<Cell<usize>>,
 ) -> Result<ProfileOutputs<'s>, String> {
     let ids = match prebuilt {
         Some(ids) => ids,
         None => identity(events, &spec.identity)?,
     };
+    // STEP 1. The shared arrangements: events by anchor and the set of profiles
+    // (with identity's id → profile and traits, exported to runtime definitions).
     // Each event belongs to the profile of its anchor identifier (userId, else anonymousId, ...).
-    let profile_events = ids
-        .anchored
+    let events_by_anchor = ids.anchored.clone().arrange_by_key_named("EventsByAnchor");
+    let profile_events = events_by_anchor
         .clone()
-        .arrange_by_key_named("EventsByAnchor")
         .join_core(ids.profile_of.clone(), |_h, e, p| Some((*p, e.clone())));
+    let profiles = ids
+        .profiles
+        .clone()
+        .map(|(_, p)| p)
+        .arrange_by_self_named("Arrange: Profiles")
+        .reduce_abelian::<_, KeyBuilder<ProfileId, u64, isize>, KeySpine<ProfileId, u64, isize>, _, _>(
+            "Profiles",
+            |_p, _input, output| output.push(((), 1)),
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
+            },
+        );
     let inputs = ProfileInputs {
-        profiles: ids.profiles.clone().map(|(_, p)| p).distinct(),
-        events: profile_events,
+        profiles: profiles.clone().as_collection(|p, _| *p),
+        events: profile_events.clone(),
         traits: ids
             .traits
             .clone()
             .map(|((p, k), v)| (p, (k.to_string(), v.to_string()))),
     };
+    let mut exports = Exports::new(
+        events_by_anchor.trace.clone(),
+        ids.profile_of.trace.clone(),
+        ids.traits_by_profile.trace.clone(),
+        profiles.trace.clone(),
+    );
+    // STEP 2. The spec's computed traits and audiences, each exported.
     let mut computed: BTreeMap<String, TraitValues<'s, ProfileId>> = BTreeMap::new();
     let mut computed_out = Vec::new();
     for t in &spec.traits {
         let agg = parse_computed_trait(&t.query).map_err(|e| format!("trait {}: {e}", t.name))?;
-        let values = compile_aggregate(&inputs, &agg);
+        let arranged = arrange_aggregate(&inputs, &agg);
+        exports
+            .values
+            .insert(t.name.clone(), arranged.trace.clone());
+        let values = arranged.as_collection(|p, v| (*p, v.clone()));
         let name = t.name.clone();
         computed_out.push(values.clone().map(move |(p, v)| (p, (name.clone(), v))));
         computed.insert(t.name.clone(), values);
@@ -114,13 +161,47 @@ fn build_profiles<'s>(
     let mut members_out = Vec::new();
     for a in &spec.audiences {
         let cond = parse_audience(&a.query).map_err(|e| format!("audience {}: {e}", a.name))?;
-        let members = compile_audience(&inputs, &cond, &computed, &audiences)?;
-        let key = a.key.clone().unwrap_or_else(|| a.name.clone());
-        members_out.push(members.clone().map(move |p| (p, key.clone())));
+        let arranged = arrange_audience(&inputs, &cond, &computed, &audiences)?;
+        exports
+            .members
+            .insert(a.name.clone(), arranged.trace.clone());
+        let members = arranged.as_collection(|p, _| *p);
+        let name_key = (
+            a.name.clone(),
+            a.key.clone().unwrap_or_else(|| a.name.clone()),
+        );
+        members_out.push(members.clone().map(move |p| (p, name_key.clone())));
         audiences.insert(a.name.clone(), members);
     }
+    // STEP 3. The hub: runtime definitions' changes join the spec's.
     let scope = inputs.profiles.scope();
-    let audiences_out = differential_dataflow::collection::concatenate(scope, members_out)
+    let base = {
+        use timely::dataflow::operators::vec::Map as _;
+        use timely::dataflow::operators::Concatenate as _;
+        scope.concatenate(vec![
+            events_by_anchor.stream.clone().map(|_| ()),
+            ids.profile_of.stream.clone().map(|_| ()),
+            ids.traits_by_profile.stream.clone().map(|_| ()),
+            profiles.stream.clone().map(|_| ()),
+        ])
+    };
+    let hub = Rc::new(RefCell::new(Hub::default()));
+    let exports = Rc::new(RefCell::new(exports));
+    let runtime = hub_operator(base, hub.clone(), exports.clone());
+    members_out.push(runtime.clone().flat_map(|(p, r)| match r {
+        HubRecord::Member { name, key } => Some((p, (name, key))),
+        HubRecord::Value { .. } => None,
+    }));
+    computed_out.push(runtime.flat_map(|(p, r)| match r {
+        HubRecord::Value { name, value } => Some((p, (name, value))),
+        HubRecord::Member { .. } => None,
+    }));
+    let members_all = differential_dataflow::collection::concatenate(scope, members_out);
+    let computed_all = differential_dataflow::collection::concatenate(scope, computed_out);
+    // STEP 4. Readable outputs for sinks, and the profile index.
+    let audiences_out = members_all
+        .clone()
+        .map(|(p, (_name, key))| (p, key))
         .arrange_by_key_named("NameMembers")
         .join_core(
             ids.identifiers.clone(),
@@ -131,7 +212,8 @@ fn build_profiles<'s>(
                 })
             },
         );
-    let computed_out = differential_dataflow::collection::concatenate(scope, computed_out)
+    let computed_records = computed_all
+        .clone()
         .arrange_by_key_named("NameComputed")
         .join_core(
             ids.identifiers.clone(),
@@ -143,13 +225,65 @@ fn build_profiles<'s>(
                 })
             },
         );
+    maintain_profile_index(
+        &ids,
+        members_all,
+        computed_all,
+        profile_events,
+        index,
+        done.clone(),
+    );
     Ok(ProfileOutputs {
         identities: ids.profile_records(),
         changes: ids.change_records(),
         traits: ids.trait_records(),
         audiences: audiences_out,
-        computed: computed_out,
+        computed: computed_records,
+        views: Some(JobViews::new(hub, exports)),
     })
+}
+
+/// Feeds the profile index: every change of a profile's identifiers, traits,
+/// computed traits, audiences and events, one completed time at a time, on
+/// worker 0 (see `crate::profile_index`). Bumps `done` when its input is complete.
+fn maintain_profile_index<'s>(
+    ids: &IdentityOutputs<'s>,
+    members: VecCollection<'s, u64, (ProfileId, (String, String)), isize>,
+    computed: VecCollection<'s, u64, (ProfileId, (String, AggValue)), isize>,
+    events: VecCollection<'s, u64, (ProfileId, Event), isize>,
+    index: Option<Arc<ProfileIndex>>,
+    done: Rc<Cell<usize>>,
+) {
+    let identifiers = ids
+        .profile_of
+        .clone()
+        .join_core(ids.identifiers.clone(), |_h, p, ident| {
+            Some(IndexUpdate::Identifier(*p, ident.clone()))
+        });
+    let updates = identifiers
+        .concat(
+            ids.traits
+                .clone()
+                .map(|((p, k), v)| IndexUpdate::Trait(p, k, v)),
+        )
+        .concat(computed.map(|(p, (name, v))| IndexUpdate::Computed(p, name, v)))
+        .concat(members.map(|(p, (name, _key))| IndexUpdate::Audience(p, name)))
+        .concat(events.map(|(p, e)| IndexUpdate::Event(p, e)));
+    updates.sink_by_time("ProfileIndex", SinkTarget::Worker(0), move |ev| match ev {
+        SinkEvent::Updates { time, updates } => {
+            if let Some(index) = &index {
+                index.apply(*time, updates);
+            }
+        }
+        SinkEvent::Progress { frontier } => {
+            if let Some(index) = &index {
+                index.advance(frontier);
+            }
+            if frontier.is_empty() {
+                done.set(done.get() + 1);
+            }
+        }
+    });
 }
 
 /// The job's state directory.
@@ -201,10 +335,7 @@ fn build_privacy<'s>(
     let rules = cycle.as_collection();
     let kept = apply_rules(events, rules.clone(), rules_spec);
     let ids = identity(kept.clone(), &spec.identity)?;
-    let bounded = spec.sources.iter().all(|s| match s {
-        SourceSpec::File { .. } => true,
-        SourceSpec::Kafka { bounded, .. } => *bounded,
-    });
+    let bounded = spec.sources.iter().all(SourceSpec::bounded);
     let log = if cx.index == 0 {
         match RegulationLog::open(&regs.path, &state_dir(spec)) {
             Ok(l) => Some(l),
@@ -375,9 +506,22 @@ pub struct RunningJob {
     sinks_total: usize,
     sinks_done: Rc<Cell<usize>>,
     counts: Rc<RefCell<Option<BTreeMap<CountKey, isize>>>>,
+    /// Runtime audiences and computed traits (`None` when the job resolves no profiles).
+    pub(crate) views: Option<JobViews>,
 }
 
 impl RunningJob {
+    /// Every dataflow of the job, to drop when it retires: its runtime
+    /// definitions' first, then the core's.
+    pub fn dataflow_indices(&self) -> Vec<usize> {
+        let mut all = self
+            .views
+            .as_ref()
+            .map_or_else(Vec::new, JobViews::dataflows);
+        all.push(self.dataflow_index);
+        all
+    }
+
     /// Stops the sources: they release their capabilities at their next activation.
     pub fn stop(&self) {
         self.stop.set(true);
@@ -429,6 +573,7 @@ pub fn build_job(
         }
     }
 
+    let mut job_views: Option<JobViews> = None;
     worker.dataflow_named::<u64, _, _>(&format!("job-{name}"), |scope| {
         // STEP 1. Sources: each worker reads its part of each source.
         let mut decoded = Vec::new();
@@ -458,9 +603,10 @@ pub fn build_job(
                     };
                     if index == 0 {
                         if let Some(p) = &part {
-                            metrics
-                                .total
-                                .fetch_add(p.progress().total.unwrap_or(0), Ordering::Relaxed);
+                            let total = p.progress().total.unwrap_or(0);
+                            for m in [&metrics.total, &metrics.source(src_name).total] {
+                                m.fetch_add(total, Ordering::Relaxed);
+                            }
                         }
                     }
                     // Files are replays: move chunk (position) times to the
@@ -506,6 +652,30 @@ pub fn build_job(
                             None
                         }
                     };
+                    decoded.push(source_operator(
+                        scope,
+                        src_name,
+                        part,
+                        &stop,
+                        &activators,
+                        &metrics,
+                    ));
+                }
+                SourceSpec::Http { name: src_name, .. } => {
+                    // Live: the log's (or the topic's) lines are bound to
+                    // ingestion time by the part itself; no reclocking here.
+                    let part = crate::collect::http_part(
+                        src,
+                        &crate::collect::HttpSourceContext {
+                            job: id,
+                            job_name: &name,
+                            state_dir: &state_dir(spec),
+                            worker: index,
+                            peers,
+                            source_index: file_index,
+                            shared,
+                        },
+                    );
                     decoded.push(source_operator(
                         scope,
                         src_name,
@@ -601,9 +771,23 @@ pub fn build_job(
                 .sinks
                 .iter()
                 .any(|s| profile_outputs.contains(&s.output()));
+        // Global worker 0 keeps the profile index and registers the job's
+        // definitions with the controller (which then restores runtime ones).
+        let profile_index = (index == 0).then(|| Arc::new(ProfileIndex::default()));
         let profiles = if needs_profiles {
-            match build_profiles(outputs.events.clone(), prebuilt_ids, spec) {
-                Ok(p) => Some(p),
+            let built = build_profiles(
+                outputs.events.clone(),
+                prebuilt_ids,
+                spec,
+                profile_index.clone(),
+                &sinks_done,
+            );
+            match built {
+                Ok(mut p) => {
+                    job_views = p.views.take();
+                    sinks_total += 1; // the profile index
+                    Some(p)
+                }
                 Err(e) => {
                     if index == 0 {
                         shared.job_error(
@@ -618,6 +802,10 @@ pub fn build_job(
         } else {
             None
         };
+        if index == 0 {
+            let index = profile_index.filter(|_| job_views.is_some());
+            shared.views.register_job(id, spec, index, shared);
+        }
 
         // STEP 4. Sinks, then the summary (final counts for the controller).
         // A deletion's resolved identifiers reach every sink at its effect time.
@@ -635,6 +823,7 @@ pub fn build_job(
             let cx = SinkContext {
                 job: id,
                 job_name: &name,
+                state_dir: state_dir(spec),
                 index,
                 shared,
                 metrics: &metrics,
@@ -698,6 +887,7 @@ pub fn build_job(
         sinks_total,
         sinks_done,
         counts,
+        views: job_views,
     }
 }
 
@@ -721,6 +911,7 @@ fn source_operator<'s, P: SourcePart + 'static>(
 ) -> VecCollection<'s, u64, Decoded, isize> {
     let stop = stop.clone();
     let metrics = metrics.clone();
+    let source_metrics = metrics.source(name);
     source::<_, CapacityContainerBuilder<Vec<(Decoded, u64, isize)>>, _, _>(
         scope,
         &format!("Source:{name}"),
@@ -754,13 +945,16 @@ fn source_operator<'s, P: SourcePart + 'static>(
                     }
                 }
                 let now = p.progress();
-                metrics
-                    .records
-                    .fetch_add(now.records - reported.records, Ordering::Relaxed);
-                metrics
-                    .consumed
-                    .fetch_add(now.consumed - reported.consumed, Ordering::Relaxed);
-                metrics.rejected.fetch_add(rejected, Ordering::Relaxed);
+                let (read, consumed) = (now.records - reported.records, now.consumed - reported.consumed);
+                for m in [&metrics.records, &source_metrics.records] {
+                    m.fetch_add(read, Ordering::Relaxed);
+                }
+                for m in [&metrics.consumed, &source_metrics.consumed] {
+                    m.fetch_add(consumed, Ordering::Relaxed);
+                }
+                for m in [&metrics.rejected, &source_metrics.rejected] {
+                    m.fetch_add(rejected, Ordering::Relaxed);
+                }
                 reported = now;
                 match poll {
                     Poll::Done => cap = None,
@@ -782,6 +976,8 @@ fn source_operator<'s, P: SourcePart + 'static>(
 struct SinkContext<'a, 's> {
     job: JobId,
     job_name: &'a str,
+    /// The job's state directory (webhook queues live under it).
+    state_dir: std::path::PathBuf,
     index: usize,
     shared: &'a Arc<Shared>,
     metrics: &'a Arc<JobMetrics>,
@@ -809,6 +1005,8 @@ struct SinkDriver<D> {
     metrics: Arc<JobMetrics>,
     done: Rc<Cell<usize>>,
     audit: Rc<RefCell<Option<AuditLog>>>,
+    /// This sink's counters (changes, commits, frontier, commit latency).
+    stats: Arc<SinkMetrics>,
 }
 
 impl<D> SinkDriver<D> {
@@ -819,9 +1017,9 @@ impl<D> SinkDriver<D> {
             result = s.erase(time, erase);
         }
         if result.is_ok() && !records.is_empty() {
-            self.metrics
-                .sink_lines
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            for m in [&self.metrics.sink_lines, &self.stats.changes] {
+                m.fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
             result = s.write(time, records);
         }
         self.check(result);
@@ -829,10 +1027,12 @@ impl<D> SinkDriver<D> {
 
     fn progress(&mut self, frontier: &[u64]) {
         if let Some(s) = self.sink.as_mut() {
+            let started = std::time::Instant::now();
             let result = s.commit(frontier);
             let ok = result.is_ok();
             self.check(result);
             if ok {
+                self.stats.committed(frontier, started.elapsed());
                 if let Some(a) = self.audit.borrow_mut().as_mut() {
                     if let Err(e) = a.sink_committed(&self.name, frontier) {
                         tracing::error!("regulations audit log: {e}");
@@ -852,12 +1052,21 @@ impl<D> SinkDriver<D> {
                 &self.job_name,
                 format!("sink {}: {e}; its further output is discarded", self.name),
             );
+            self.stats.failed.store(true, Ordering::Relaxed);
             self.sink = None;
         }
     }
 }
 
-/// Records a sink can write: JSON for files, and a Kafka encoding.
+/// A destination's delivery metrics: `(metric, value)` pairs, read by the
+/// metrics endpoint (see [`JobMetrics::sinks`]).
+pub type SinkGauges = Arc<dyn Fn() -> Vec<(String, f64)> + Send + Sync>;
+
+/// An opened sink, with its delivery metrics if it keeps any.
+pub type OpenedSink<D> = (Box<dyn Sink<D>>, Option<SinkGauges>);
+
+/// Records a sink can write: JSON for files and webhooks, a Kafka encoding,
+/// and, for the outputs they store, warehouse tables and lake files.
 pub trait SinkRecord: timely::ExchangeData + Ord + Clone + WriteJson + KafkaKey + Sized {
     /// Opens a Kafka sink for this record type (changes, or dead letters for errors).
     fn open_kafka(config: &KafkaSinkConfig) -> Result<Box<dyn Sink<Self>>, KafkaError> {
@@ -868,24 +1077,323 @@ pub trait SinkRecord: timely::ExchangeData + Ord + Clone + WriteJson + KafkaKey 
     fn open_segment(_path: &std::path::Path, _track: bool) -> Result<Box<dyn Sink<Self>>, String> {
         Err("the Segment formats apply to the audiences output only".into())
     }
+    /// Opens a PostgreSQL warehouse sink (events, profile traits, audiences
+    /// and computed traits; validation rejects the other outputs).
+    fn open_warehouse(_config: &WarehouseConfig) -> Result<OpenedSink<Self>, String> {
+        Err("the postgres sink has no tables for this output".into())
+    }
+    /// Opens a Parquet lake sink (events and the profile outputs; validation
+    /// rejects the others).
+    fn open_lake(_config: LakeConfig) -> Result<OpenedSink<Self>, String> {
+        Err("the lake sink does not store this output".into())
+    }
 }
 
-impl SinkRecord for Event {}
-impl SinkRecord for ProfileRecord {}
-impl SinkRecord for ProfileChangeRecord {}
-impl SinkRecord for TraitRecord {}
+impl SinkRecord for Event {
+    fn open_warehouse(config: &WarehouseConfig) -> Result<OpenedSink<Self>, String> {
+        open_warehouse(config)
+    }
+    fn open_lake(config: LakeConfig) -> Result<OpenedSink<Self>, String> {
+        open_lake(config)
+    }
+}
+impl SinkRecord for ProfileRecord {
+    fn open_lake(config: LakeConfig) -> Result<OpenedSink<Self>, String> {
+        open_lake(config)
+    }
+}
+impl SinkRecord for ProfileChangeRecord {
+    fn open_lake(config: LakeConfig) -> Result<OpenedSink<Self>, String> {
+        open_lake(config)
+    }
+}
+impl SinkRecord for TraitRecord {
+    fn open_warehouse(config: &WarehouseConfig) -> Result<OpenedSink<Self>, String> {
+        open_warehouse(config)
+    }
+    fn open_lake(config: LakeConfig) -> Result<OpenedSink<Self>, String> {
+        open_lake(config)
+    }
+}
 impl SinkRecord for Membership {
     fn open_segment(path: &std::path::Path, track: bool) -> Result<Box<dyn Sink<Self>>, String> {
         SegmentAudienceSink::create(path, track)
             .map(|s| Box::new(s) as Box<dyn Sink<Self>>)
             .map_err(|e| e.to_string())
     }
+    fn open_warehouse(config: &WarehouseConfig) -> Result<OpenedSink<Self>, String> {
+        open_warehouse(config)
+    }
+    fn open_lake(config: LakeConfig) -> Result<OpenedSink<Self>, String> {
+        open_lake(config)
+    }
 }
-impl SinkRecord for TraitValue {}
+impl SinkRecord for TraitValue {
+    fn open_warehouse(config: &WarehouseConfig) -> Result<OpenedSink<Self>, String> {
+        open_warehouse(config)
+    }
+    fn open_lake(config: LakeConfig) -> Result<OpenedSink<Self>, String> {
+        open_lake(config)
+    }
+}
 impl SinkRecord for (CountKey, isize) {}
 impl SinkRecord for weft_dataflows::record::ErrorRecord {
     fn open_kafka(config: &KafkaSinkConfig) -> Result<Box<dyn Sink<Self>>, KafkaError> {
         Ok(Box::new(DeadLetterSink::open(config)?))
+    }
+}
+
+/// The webhook sink's settings for a `type = "webhook"` sink of a job whose
+/// state directory is `job_state_dir`: its queue lives in
+/// `<job_state_dir>/webhook/<sink name>`.
+pub fn webhook_config(spec: &WebhookSinkSpec, job_state_dir: &std::path::Path) -> WebhookConfig {
+    let WebhookSinkSpec {
+        name,
+        output: _,
+        url,
+        headers,
+        batch_size,
+        max_batch_bytes,
+        linger,
+        timeout,
+        retry_horizon,
+        initial_backoff,
+        max_backoff,
+        max_memory_mb,
+        segment_mb,
+        drain_timeout,
+    } = spec;
+    let ms = |d: &weft_dataflows::spec::DurationMs| std::time::Duration::from_millis(d.0);
+    let mut config = WebhookConfig::new(name, url, job_state_dir.join("webhook").join(name));
+    config.headers = headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    config.batch_size = *batch_size;
+    config.max_batch_bytes = *max_batch_bytes;
+    config.linger = ms(linger);
+    config.request_timeout = ms(timeout);
+    config.retry_horizon = ms(retry_horizon);
+    config.initial_backoff = ms(initial_backoff);
+    config.max_backoff = ms(max_backoff);
+    config.max_memory_bytes = mib(*max_memory_mb);
+    config.segment_bytes = mib(*segment_mb) as u64;
+    config.drain_timeout = ms(drain_timeout);
+    config
+}
+
+/// The warehouse sink's settings for a `type = "postgres"` sink; an error
+/// if it has no URL (neither `url` nor `WEFT_PG_URL`).
+pub fn warehouse_config(spec: &PostgresSinkSpec) -> Result<WarehouseConfig, String> {
+    let PostgresSinkSpec {
+        name,
+        output: _,
+        url,
+        schema,
+        lock_timeout,
+        max_buffered_mb,
+    } = spec;
+    let Some(url) = url.as_deref().filter(|u| !u.trim().is_empty()) else {
+        return Err("no PostgreSQL URL; set `url` or the WEFT_PG_URL environment variable".into());
+    };
+    let mut config = WarehouseConfig::new(name, url, schema);
+    config.lock_timeout = std::time::Duration::from_millis(lock_timeout.0);
+    config.max_buffered_bytes = mib(*max_buffered_mb);
+    Ok(config)
+}
+
+/// The lake sink's settings for a `type = "lake"` sink. The lake is named
+/// after the output (the `type=` partition of derived records).
+pub fn lake_config(spec: &LakeSinkSpec) -> LakeConfig {
+    let LakeSinkSpec {
+        name: _,
+        output,
+        root,
+        target_file_mb,
+        max_row_group_rows,
+        max_open_partitions,
+        max_buffered_mb,
+    } = spec;
+    let mut config = LakeConfig::new(output.as_str(), root);
+    config.target_file_bytes = mib(*target_file_mb) as u64;
+    config.max_row_group_rows = *max_row_group_rows;
+    config.max_open_partitions = *max_open_partitions;
+    config.max_buffered_bytes = mib(*max_buffered_mb);
+    config
+}
+
+/// `n` MiB in bytes (saturating).
+fn mib(n: u64) -> usize {
+    usize::try_from(n)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(1 << 20)
+}
+
+fn open_webhook<D: WriteJson + 'static>(config: &WebhookConfig) -> Result<OpenedSink<D>, String> {
+    let sink = WebhookSink::<D>::open(config).map_err(|e| e.to_string())?;
+    let metrics = sink.metrics();
+    let gauges: SinkGauges = Arc::new(move || webhook_gauges(metrics.snapshot()));
+    Ok((Box::new(sink), Some(gauges)))
+}
+
+/// A webhook's counters; `*_events` count messages (one per change).
+fn webhook_gauges(stats: WebhookStats) -> Vec<(String, f64)> {
+    let WebhookStats {
+        delivered_messages,
+        delivered_batches,
+        retries,
+        discarded_messages,
+        discarded_batches: _,
+        dead_lettered_messages,
+        dead_lettered_batches: _,
+        skipped_messages,
+        queued_messages,
+        memory_bytes,
+        spilled_bytes,
+        last_error: _,
+    } = stats;
+    [
+        ("delivered_events", delivered_messages),
+        ("delivered_batches", delivered_batches),
+        ("retries", retries),
+        ("discarded_events", discarded_messages),
+        ("dead_letters", dead_lettered_messages),
+        ("skipped_events", skipped_messages),
+        ("queued_events", queued_messages),
+        ("queue_bytes", memory_bytes + spilled_bytes),
+        ("spilled_bytes", spilled_bytes),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v as f64))
+    .collect()
+}
+
+fn open_warehouse<D: WarehouseRecord + 'static>(
+    config: &WarehouseConfig,
+) -> Result<OpenedSink<D>, String> {
+    let sink = WarehouseSink::<D>::open(config).map_err(|e| e.to_string())?;
+    Ok(metered(sink))
+}
+
+fn open_lake<D: LakeRecord + 'static>(config: LakeConfig) -> Result<OpenedSink<D>, String> {
+    let sink = ParquetLakeSink::<D>::open(config).map_err(|e| e.to_string())?;
+    Ok(metered(sink))
+}
+
+/// A sink whose counters live inside it (read on the worker thread).
+trait Counted {
+    /// The counters, as of the last successful commit.
+    fn counts(&self) -> Vec<(&'static str, u64)>;
+}
+
+impl<D: WarehouseRecord> Counted for WarehouseSink<D> {
+    fn counts(&self) -> Vec<(&'static str, u64)> {
+        let WarehouseStats {
+            staged,
+            skipped,
+            rows,
+            deletes,
+            users,
+            commits: _,
+            unreadable,
+        } = self.stats();
+        // After a successful commit, everything staged is committed.
+        vec![
+            ("delivered_events", staged),
+            ("skipped_events", skipped),
+            ("rows_written", rows),
+            ("rows_deleted", deletes),
+            ("users_changed", users),
+            ("unreadable_objects", unreadable),
+        ]
+    }
+}
+
+impl<D: LakeRecord> Counted for ParquetLakeSink<D> {
+    fn counts(&self) -> Vec<(&'static str, u64)> {
+        let LakeStats {
+            rows_written,
+            files_published,
+            bytes_published,
+            files_rewritten,
+            files_read,
+            rows_removed,
+            orphans_removed,
+        } = self.stats();
+        // After a successful commit, every row written is published.
+        vec![
+            ("delivered_events", rows_written),
+            ("files_published", files_published),
+            ("bytes_published", bytes_published),
+            ("files_rewritten", files_rewritten),
+            ("files_read", files_read),
+            ("rows_removed", rows_removed),
+            ("orphans_removed", orphans_removed),
+        ]
+    }
+}
+
+/// A [`Counted`] sink that publishes its counters, with `commits` and the
+/// last `commit_latency_ms`, after every commit that made changes visible.
+struct Metered<S> {
+    inner: S,
+    published: Arc<std::sync::Mutex<Vec<(String, f64)>>>,
+    /// Something was written or erased since the last commit.
+    dirty: bool,
+    commits: u64,
+    commit_latency_ms: f64,
+}
+
+fn metered<D: 'static, S: Sink<D> + Counted + 'static>(sink: S) -> OpenedSink<D> {
+    let published = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let read = published.clone();
+    let gauges: SinkGauges =
+        Arc::new(move || read.lock().unwrap_or_else(|p| p.into_inner()).clone());
+    let m = Metered {
+        inner: sink,
+        published,
+        dirty: false,
+        commits: 0,
+        commit_latency_ms: 0.0,
+    };
+    m.publish();
+    (Box::new(m), Some(gauges))
+}
+
+impl<S: Counted> Metered<S> {
+    fn publish(&self) {
+        let mut all: Vec<(String, f64)> = self
+            .inner
+            .counts()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v as f64))
+            .collect();
+        all.push(("commits".into(), self.commits as f64));
+        all.push(("commit_latency_ms".into(), self.commit_latency_ms));
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = all;
+    }
+}
+
+impl<D, S: Sink<D> + Counted> Sink<D> for Metered<S> {
+    fn write(&mut self, time: u64, updates: &[(D, isize)]) -> std::io::Result<()> {
+        self.dirty |= !updates.is_empty();
+        self.inner.write(time, updates)
+    }
+
+    fn commit(&mut self, frontier: &[u64]) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        self.inner.commit(frontier)?;
+        if std::mem::take(&mut self.dirty) {
+            self.commits += 1;
+            self.commit_latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn erase(&mut self, time: u64, identifiers: &[String]) -> std::io::Result<()> {
+        self.dirty |= !identifiers.is_empty();
+        self.inner.erase(time, identifiers)
     }
 }
 
@@ -898,18 +1406,21 @@ fn attach_sink<'s, D: SinkRecord>(
     let sink_name = spec.name().to_string();
     let mut sink: Option<Box<dyn Sink<D>>> = None;
     if cx.index == 0 {
-        let created: Result<Box<dyn Sink<D>>, String> = match spec {
+        let created: Result<OpenedSink<D>, String> = match spec {
             SinkSpec::File {
                 path,
                 format: SinkFormat::Changes,
                 ..
             } => JsonLinesSink::create(path)
-                .map(|s| Box::new(s) as Box<dyn Sink<D>>)
+                .map(|s| (Box::new(s) as Box<dyn Sink<D>>, None))
                 .map_err(|e| e.to_string()),
             SinkSpec::File { path, format, .. } => {
-                D::open_segment(path, *format == SinkFormat::SegmentTrack)
+                D::open_segment(path, *format == SinkFormat::SegmentTrack).map(|s| (s, None))
             }
-            SinkSpec::Stdout { .. } => Ok(Box::new(JsonLinesSink::stdout())),
+            SinkSpec::Stdout { .. } => Ok((Box::new(JsonLinesSink::stdout()), None)),
+            SinkSpec::Webhook(w) => open_webhook(&webhook_config(w, &cx.state_dir)),
+            SinkSpec::Postgres(p) => warehouse_config(p).and_then(|c| D::open_warehouse(&c)),
+            SinkSpec::Lake(l) => D::open_lake(lake_config(l)),
             SinkSpec::Kafka {
                 brokers,
                 topic,
@@ -927,11 +1438,21 @@ fn attach_sink<'s, D: SinkRecord>(
                 config.options = options.clone();
                 create_topic(&brokers, topic, *partitions as i32, &[])
                     .and_then(|_| D::open_kafka(&config))
+                    .map(|s| (s, None))
                     .map_err(|e| e.to_string())
             }
         };
         match created {
-            Ok(s) => sink = Some(s),
+            Ok((s, gauges)) => {
+                sink = Some(s);
+                if let Some(g) = gauges {
+                    cx.metrics
+                        .sinks
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(sink_name.clone(), g);
+                }
+            }
             Err(e) => cx.shared.job_error(
                 cx.job,
                 cx.job_name,
@@ -948,6 +1469,7 @@ fn attach_sink<'s, D: SinkRecord>(
         metrics: cx.metrics.clone(),
         done: cx.done.clone(),
         audit: cx.audit.clone(),
+        stats: cx.metrics.sink(&sink_name),
     };
     let op = format!("Sink:{sink_name}");
     match cx.erasures {

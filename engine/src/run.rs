@@ -10,11 +10,26 @@ use weft_connectors::kafka::validate_options;
 use weft_dataflows::record::CountKey;
 use weft_dataflows::spec::{JobSpec, SinkSpec, SourceSpec};
 
+use crate::job::{lake_config, warehouse_config, webhook_config};
 use crate::runtime::{Cluster, ClusterConfig, JobReport, JobStatus};
 
 /// Loads and validates a spec; returns it with a list of warnings.
 pub fn validate(path: &Path) -> anyhow::Result<(JobSpec, Vec<String>)> {
-    let spec = JobSpec::load(path)?;
+    check_environment(JobSpec::load(path)?)
+}
+
+/// Validates a spec given as TOML text (a submission to the control API),
+/// resolving relative paths against `base`, as [`validate`] does a file's.
+pub fn validate_toml(text: &str, base: &Path) -> anyhow::Result<(JobSpec, Vec<String>)> {
+    let mut spec = JobSpec::from_toml(text)?;
+    spec.validate()?;
+    spec.resolve_paths(base);
+    check_environment(spec)
+}
+
+/// Checks what a spec needs from its environment (input files, brokers,
+/// client options); returns it with a list of warnings.
+pub fn check_environment(spec: JobSpec) -> anyhow::Result<(JobSpec, Vec<String>)> {
     let warnings = Vec::new();
     for s in &spec.sources {
         match s {
@@ -34,20 +49,50 @@ pub fn validate(path: &Path) -> anyhow::Result<(JobSpec, Vec<String>)> {
                 }
                 validate_options(options).map_err(|e| anyhow::anyhow!("source {name}: {e}"))?;
             }
+            SourceSpec::Http {
+                name,
+                topic: Some(_),
+                brokers,
+                options,
+                ..
+            } => {
+                if brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+                    anyhow::bail!("source {name}: a topic but no brokers; set `brokers` or the KAFKA_BROKERS environment variable");
+                }
+                validate_options(options).map_err(|e| anyhow::anyhow!("source {name}: {e}"))?;
+            }
+            SourceSpec::Http { topic: None, .. } => {}
         }
     }
     for s in &spec.sinks {
-        if let SinkSpec::Kafka {
-            name,
-            brokers,
-            options,
-            ..
-        } = s
-        {
-            if brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
-                anyhow::bail!("sink {name}: no brokers; set `brokers` or the KAFKA_BROKERS environment variable");
+        match s {
+            SinkSpec::Kafka {
+                name,
+                brokers,
+                options,
+                ..
+            } => {
+                if brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+                    anyhow::bail!("sink {name}: no brokers; set `brokers` or the KAFKA_BROKERS environment variable");
+                }
+                validate_options(options).map_err(|e| anyhow::anyhow!("sink {name}: {e}"))?;
             }
-            validate_options(options).map_err(|e| anyhow::anyhow!("sink {name}: {e}"))?;
+            // The same settings the job opens the sink with (without connecting).
+            SinkSpec::Webhook(w) => {
+                let state = spec.job.state_dir.clone().unwrap_or_default();
+                webhook_config(w, &state).validate()?;
+            }
+            SinkSpec::Postgres(p) => {
+                warehouse_config(p)
+                    .map_err(|e| anyhow::anyhow!("sink {}: {e}", p.name))?
+                    .validate()?;
+            }
+            SinkSpec::Lake(l) => {
+                lake_config(l)
+                    .validate()
+                    .map_err(|e| anyhow::anyhow!("sink {}: {e}", l.name))?;
+            }
+            SinkSpec::File { .. } | SinkSpec::Stdout { .. } => {}
         }
     }
     Ok((spec, warnings))
@@ -69,9 +114,7 @@ pub fn run(
     options: &RunOptions,
     interrupt: Arc<AtomicBool>,
 ) -> anyhow::Result<JobReport> {
-    let cluster = Cluster::start(ClusterConfig {
-        workers: options.workers,
-    })?;
+    let cluster = Cluster::start(ClusterConfig::single(options.workers))?;
     let id = cluster.submit(spec)?;
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();

@@ -353,9 +353,7 @@ fn run(args: &Args, brokers: &str, topic: &str) -> Result<()> {
     // PHASE 1. Maximum throughput of the pipeline (bounded source).
     let dir = tempfile::tempdir()?;
     let spec = write_spec(dir.path(), brokers, topic, true)?;
-    let cluster = Cluster::start(ClusterConfig {
-        workers: args.workers,
-    })?;
+    let cluster = Cluster::start(ClusterConfig::single(args.workers))?;
     let t = Instant::now();
     let id = cluster.submit(&spec)?;
     let report = loop {

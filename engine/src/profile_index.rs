@@ -1,0 +1,524 @@
+//! The Profile API's read index: each job's profiles, kept by the dataflow in
+//! a process-shared, read-locked structure that HTTP handlers read directly.
+//!
+//! ```text
+//!  identifiers (profile_of ⋈ names) ─┐
+//!  profile traits ───────────────────┤
+//!  computed traits (spec + runtime) ─┼─ concat ─► sink_by_time(worker 0) ─► ProfileIndex (RwLock)
+//!  audiences (spec + runtime) ───────┤   one consolidated batch per         ▲
+//!  events by profile ────────────────┘   completed logical time              └─ GET /v1/jobs/{id}/profiles/...
+//! ```
+//!
+//! **Consistency.** Every change of every collection above is routed to worker
+//! 0 (of process 0, where the HTTP API runs) and applied there one completed
+//! logical time at a time, under one write lock, once the frontier has passed
+//! that time. `as_of` is the latest time `t` such that all changes at times
+//! `≤ t` have been applied and none after: a reader sees exactly the
+//! accumulated collections at `as_of` — a peek at a time the frontier has
+//! passed, answered without a round trip through the workers. (Before the
+//! first time completes there is no `as_of`, and the index is empty.)
+//!
+//! **Cost.** The index is a second copy of what it serves, kept on one
+//! worker: per profile a hash-map entry; per identifier, trait, computed
+//! value and membership a small map entry; per event its typed record (about
+//! 210 bytes; within one process its JSON text is shared with the dataflow's
+//! copy) plus a key of its time and messageId. Applying a time costs worker 0
+//! one hash lookup per change; readers hold the read lock only while they
+//! render one profile.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+use weft_dataflows::audience::AggValue;
+use weft_dataflows::event::{write_json_string, Event};
+use weft_dataflows::identity::{id_hash, IdHash, Identifier, ProfileId};
+use weft_dataflows::record::WriteJson;
+
+/// One change to the index, keyed by the profile it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum IndexUpdate {
+    /// An identifier of the profile.
+    Identifier(ProfileId, Identifier),
+    /// A profile trait: key, value JSON text.
+    Trait(ProfileId, Box<str>, Box<str>),
+    /// A computed trait's value: name, value.
+    Computed(ProfileId, String, AggValue),
+    /// Membership of an audience (by name).
+    Audience(ProfileId, String),
+    /// One of the profile's events.
+    Event(ProfileId, Event),
+}
+
+/// Hashes of identifiers and profiles are already uniform: use their low bits.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, i: u128) {
+        self.0 = i as u64;
+    }
+}
+
+type IdMap<V> = HashMap<IdHash, V, BuildHasherDefault<IdHasher>>;
+
+/// An event's place in a profile's history: event time, messageId, and a
+/// hash of the whole record (two different events may share a messageId; an
+/// identical copy, possible only without dedupe, is listed once).
+type EventKey = (i64, Box<str>, u64);
+
+#[derive(Default)]
+struct ProfileEntry {
+    identifiers: BTreeSet<Identifier>,
+    traits: BTreeMap<Box<str>, Box<str>>,
+    computed: BTreeMap<String, AggValue>,
+    audiences: BTreeSet<String>,
+    events: BTreeMap<EventKey, (Event, isize)>,
+}
+
+impl ProfileEntry {
+    fn is_empty(&self) -> bool {
+        self.identifiers.is_empty()
+            && self.traits.is_empty()
+            && self.computed.is_empty()
+            && self.audiences.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct IndexState {
+    as_of: Option<u64>,
+    /// Time spent applying changes (under the write lock).
+    apply_nanos: u64,
+    complete: bool,
+    by_identifier: IdMap<ProfileId>,
+    profiles: IdMap<ProfileEntry>,
+    events: usize,
+}
+
+/// A job's profile index (see the module docs).
+#[derive(Default)]
+pub struct ProfileIndex {
+    state: RwLock<IndexState>,
+}
+
+impl std::fmt::Debug for ProfileIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileIndex")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Sizes of an index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct IndexStats {
+    /// The time the index reflects.
+    pub as_of: Option<u64>,
+    /// Whether the job's output is complete (nothing will change any more).
+    pub complete: bool,
+    /// Profiles.
+    pub profiles: usize,
+    /// Identifiers.
+    pub identifiers: usize,
+    /// Events.
+    pub events: usize,
+    /// Seconds worker 0 has spent applying changes (holding the write lock).
+    pub apply_seconds: f64,
+}
+
+/// Which of a profile's events to return: newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventPage {
+    /// At most this many.
+    pub limit: usize,
+    /// Only events older than this cursor (an `events_next` of an earlier answer).
+    pub before: Option<String>,
+}
+
+/// The answer to a lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The profile, as JSON (see docs/profile-api.md).
+    Found(Vec<u8>),
+    /// No profile has this identifier at `as_of`.
+    NotFound {
+        /// The time the index reflects.
+        as_of: Option<u64>,
+    },
+    /// `before` is not a cursor this index gave out.
+    BadCursor,
+}
+
+fn event_key(e: &Event) -> EventKey {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    e.hash(&mut h);
+    (e.time_ms, e.message_id().into(), h.finish())
+}
+
+fn cursor(k: &EventKey) -> String {
+    format!("{}:{:x}:{}", k.0, k.2, k.1)
+}
+
+fn parse_cursor(s: &str) -> Option<EventKey> {
+    let mut parts = s.splitn(3, ':');
+    let time = parts.next()?.parse().ok()?;
+    let hash = u64::from_str_radix(parts.next()?, 16).ok()?;
+    Some((time, parts.next()?.into(), hash))
+}
+
+impl ProfileIndex {
+    /// Applies the consolidated changes of one completed time (retractions
+    /// first, so a value that changes at `time` is replaced).
+    pub fn apply(&self, time: u64, updates: &[(IndexUpdate, isize)]) {
+        let mut state = self.state.write().expect("profile index lock");
+        let started = std::time::Instant::now();
+        let retractions = updates.iter().filter(|(_, d)| *d < 0);
+        let insertions = updates.iter().filter(|(_, d)| *d > 0);
+        for (u, d) in retractions.chain(insertions) {
+            state.change(u, *d);
+        }
+        state.as_of = Some(state.as_of.map_or(time, |t| t.max(time)));
+        state.apply_nanos += started.elapsed().as_nanos() as u64;
+    }
+
+    /// Records that every time before `frontier` has been applied (empty: the output is complete).
+    pub fn advance(&self, frontier: &[u64]) {
+        let mut state = self.state.write().expect("profile index lock");
+        match frontier.first() {
+            None => state.complete = true,
+            Some(0) => {}
+            Some(f) => state.as_of = Some(state.as_of.map_or(f - 1, |t| t.max(f - 1))),
+        }
+    }
+
+    /// Sizes and time.
+    pub fn stats(&self) -> IndexStats {
+        let state = self.state.read().expect("profile index lock");
+        IndexStats {
+            as_of: state.as_of,
+            complete: state.complete,
+            profiles: state.profiles.len(),
+            identifiers: state.by_identifier.len(),
+            events: state.events,
+            apply_seconds: state.apply_nanos as f64 / 1e9,
+        }
+    }
+
+    /// The profile holding identifier `kind:value`, rendered as JSON.
+    pub fn lookup(&self, kind: &str, value: &str, page: &EventPage) -> Lookup {
+        let before = match page.before.as_deref().map(parse_cursor) {
+            Some(None) => return Lookup::BadCursor,
+            Some(Some(k)) => Some(k),
+            None => None,
+        };
+        let state = self.state.read().expect("profile index lock");
+        let found = state
+            .by_identifier
+            .get(&id_hash(kind, value))
+            .and_then(|p| state.profiles.get(p).map(|e| (*p, e)));
+        match found {
+            None => Lookup::NotFound { as_of: state.as_of },
+            Some((p, entry)) => Lookup::Found(render(&state, p, entry, page.limit, before)),
+        }
+    }
+}
+
+impl IndexState {
+    fn entry(&mut self, p: ProfileId) -> &mut ProfileEntry {
+        self.profiles.entry(p).or_default()
+    }
+
+    /// Applies one change; removes profiles left with nothing.
+    fn change(&mut self, update: &IndexUpdate, diff: isize) {
+        let insert = diff > 0;
+        let p = match update {
+            IndexUpdate::Identifier(p, ident) => {
+                let h = ident.hash();
+                if insert {
+                    self.by_identifier.insert(h, *p);
+                    self.entry(*p).identifiers.insert(ident.clone());
+                } else {
+                    if self.by_identifier.get(&h) == Some(p) {
+                        self.by_identifier.remove(&h);
+                    }
+                    self.entry(*p).identifiers.remove(ident);
+                }
+                p
+            }
+            IndexUpdate::Trait(p, key, value) => {
+                let traits = &mut self.entry(*p).traits;
+                if insert {
+                    traits.insert(key.clone(), value.clone());
+                } else if traits.get(key) == Some(value) {
+                    traits.remove(key);
+                }
+                p
+            }
+            IndexUpdate::Computed(p, name, value) => {
+                let computed = &mut self.entry(*p).computed;
+                if insert {
+                    computed.insert(name.clone(), value.clone());
+                } else if computed.get(name) == Some(value) {
+                    computed.remove(name);
+                }
+                p
+            }
+            IndexUpdate::Audience(p, name) => {
+                let audiences = &mut self.entry(*p).audiences;
+                if insert {
+                    audiences.insert(name.clone());
+                } else {
+                    audiences.remove(name);
+                }
+                p
+            }
+            IndexUpdate::Event(p, e) => {
+                let key = event_key(e);
+                let events = &mut self.entry(*p).events;
+                let before = events.len();
+                let slot = events.entry(key.clone()).or_insert_with(|| (e.clone(), 0));
+                slot.1 += diff;
+                if slot.1 <= 0 {
+                    events.remove(&key);
+                }
+                let after = events.len();
+                self.events = (self.events + after).saturating_sub(before);
+                p
+            }
+        };
+        if self.profiles.get(p).is_some_and(ProfileEntry::is_empty) {
+            self.profiles.remove(p);
+        }
+    }
+}
+
+/// Renders a profile (see docs/profile-api.md for the shape).
+fn render(
+    state: &IndexState,
+    p: ProfileId,
+    entry: &ProfileEntry,
+    limit: usize,
+    before: Option<EventKey>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(b"{\"as_of\":");
+    match state.as_of {
+        Some(t) => out.extend_from_slice(t.to_string().as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(if state.complete {
+        b",\"complete\":true"
+    } else {
+        b",\"complete\":false"
+    });
+    out.extend_from_slice(b",\"profile\":");
+    match entry.identifiers.iter().find(|i| Identifier::hash(i) == p) {
+        Some(name) => write_json_string(&mut out, &format!("{}:{}", name.kind, name.value)),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"identifiers\":[");
+    for (i, ident) in entry.identifiers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        ident.write_json(&mut out);
+    }
+    out.extend_from_slice(b"],\"traits\":{");
+    for (i, (k, v)) in entry.traits.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_string(&mut out, k);
+        out.push(b':');
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.extend_from_slice(b"},\"computed_traits\":{");
+    for (i, (k, v)) in entry.computed.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_string(&mut out, k);
+        out.push(b':');
+        v.write_json(&mut out);
+    }
+    out.extend_from_slice(b"},\"audiences\":[");
+    for (i, a) in entry.audiences.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_string(&mut out, a);
+    }
+    out.extend_from_slice(b"],\"events\":[");
+    let older = match &before {
+        Some(b) => entry.events.range(..b.clone()),
+        None => entry.events.range(..),
+    };
+    let mut last = None;
+    for (i, (k, (e, _))) in older.rev().take(limit).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        e.write_json(&mut out);
+        last = Some(k);
+    }
+    let more = last.is_some_and(|k| entry.events.range(..k.clone()).next().is_some());
+    out.extend_from_slice(b"],\"events_total\":");
+    out.extend_from_slice(entry.events.len().to_string().as_bytes());
+    out.extend_from_slice(b",\"events_next\":");
+    match last.filter(|_| more) {
+        Some(k) => write_json_string(&mut out, &cursor(k)),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_dataflows::event::{parse_event, ParseContext};
+
+    fn ev(id: &str, ts: &str) -> Event {
+        let line =
+            format!(r#"{{"type":"page","userId":"u1","messageId":"{id}","timestamp":"{ts}"}}"#);
+        parse_event(line.as_bytes(), &ParseContext::default()).unwrap()
+    }
+
+    fn json(l: Lookup) -> serde_json::Value {
+        match l {
+            Lookup::Found(b) => serde_json::from_slice(&b).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn applies_times_and_pages_events() {
+        let index = ProfileIndex::default();
+        let u1 = Identifier::new("user_id", "u1");
+        let a1 = Identifier::new("anonymous_id", "a1");
+        let p = a1.hash();
+        let page = EventPage {
+            limit: 2,
+            before: None,
+        };
+        assert_eq!(
+            index.lookup("user_id", "u1", &page),
+            Lookup::NotFound { as_of: None }
+        );
+        let events: Vec<Event> = (0..5)
+            .map(|i| ev(&format!("m{i}"), &format!("2026-01-0{}T00:00:00Z", i + 1)))
+            .collect();
+        let mut updates = vec![
+            (IndexUpdate::Identifier(p, u1.clone()), 1),
+            (IndexUpdate::Identifier(p, a1.clone()), 1),
+            (IndexUpdate::Trait(p, "plan".into(), "\"pro\"".into()), 1),
+            (IndexUpdate::Audience(p, "fans".into()), 1),
+            (IndexUpdate::Computed(p, "n".into(), AggValue::Num(5.0)), 1),
+        ];
+        updates.extend(events.iter().map(|e| (IndexUpdate::Event(p, e.clone()), 1)));
+        index.apply(10, &updates);
+        let v = json(index.lookup("user_id", "u1", &page));
+        assert_eq!(v["as_of"], 10);
+        assert_eq!(v["profile"], "anonymous_id:a1");
+        assert_eq!(v["traits"]["plan"], "pro");
+        assert_eq!(v["computed_traits"]["n"], 5.0);
+        assert_eq!(v["audiences"], serde_json::json!(["fans"]));
+        assert_eq!(v["events_total"], 5);
+        let ids: Vec<&str> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["messageId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["m4", "m3"]);
+        let next = v["events_next"].as_str().unwrap().to_string();
+        let mut all = ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut before = Some(next);
+        while let Some(b) = before {
+            let v = json(index.lookup(
+                "anonymous_id",
+                "a1",
+                &EventPage {
+                    limit: 2,
+                    before: Some(b),
+                },
+            ));
+            all.extend(
+                v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["messageId"].as_str().unwrap().to_string()),
+            );
+            before = v["events_next"].as_str().map(str::to_string);
+        }
+        assert_eq!(all, ["m4", "m3", "m2", "m1", "m0"]);
+        // A trait changes and the audience is left in one time; the frontier moves on.
+        index.apply(
+            20,
+            &[
+                (IndexUpdate::Trait(p, "plan".into(), "\"free\"".into()), 1),
+                (IndexUpdate::Trait(p, "plan".into(), "\"pro\"".into()), -1),
+                (IndexUpdate::Audience(p, "fans".into()), -1),
+            ],
+        );
+        index.advance(&[31]);
+        let v = json(index.lookup("user_id", "u1", &page));
+        assert_eq!(
+            (v["as_of"].as_u64(), v["complete"].as_bool()),
+            (Some(30), Some(false))
+        );
+        assert_eq!(v["traits"]["plan"], "free");
+        assert_eq!(v["audiences"], serde_json::json!([]));
+        assert_eq!(
+            index.lookup(
+                "user_id",
+                "u1",
+                &EventPage {
+                    limit: 1,
+                    before: Some("x".into())
+                }
+            ),
+            Lookup::BadCursor
+        );
+        // Everything retracted: the profile is gone.
+        let mut gone: Vec<(IndexUpdate, isize)> = vec![
+            (IndexUpdate::Identifier(p, u1), -1),
+            (IndexUpdate::Identifier(p, a1), -1),
+            (IndexUpdate::Trait(p, "plan".into(), "\"free\"".into()), -1),
+            (IndexUpdate::Computed(p, "n".into(), AggValue::Num(5.0)), -1),
+        ];
+        gone.extend(
+            events
+                .iter()
+                .map(|e| (IndexUpdate::Event(p, e.clone()), -1)),
+        );
+        index.apply(40, &gone);
+        index.advance(&[]);
+        assert_eq!(
+            index.lookup("user_id", "u1", &page),
+            Lookup::NotFound { as_of: Some(40) }
+        );
+        let stats = index.stats();
+        assert_eq!(
+            (
+                stats.profiles,
+                stats.identifiers,
+                stats.events,
+                stats.complete
+            ),
+            (0, 0, 0, true)
+        );
+    }
+}
