@@ -44,10 +44,7 @@ use crate::gen::parse_iso8601_ms;
 
 /// The computed traits of the benchmark job: `(name, query)`.
 pub const TRAITS: [(&str, &str); 5] = [
-    (
-        "orders_90d",
-        r#"count(track "Order Completed" within 90d)"#,
-    ),
+    ("orders_90d", r#"count(track "Order Completed" within 90d)"#),
     (
         "revenue_90d",
         r#"sum(properties.revenue from track "Order Completed" within 90d)"#,
@@ -564,8 +561,10 @@ impl Partial {
         self.detail_screens_cellular_7d += o.detail_screens_cellular_7d;
         self.coupons_30d += o.coupons_30d;
         self.home_promos_30d += o.home_promos_30d;
-        self.max_foreign_view_price_30d =
-            max_opt(self.max_foreign_view_price_30d, o.max_foreign_view_price_30d);
+        self.max_foreign_view_price_30d = max_opt(
+            self.max_foreign_view_price_30d,
+            o.max_foreign_view_price_30d,
+        );
         self.added_price_sum_30d += o.added_price_sum_30d;
         self.added_prices_30d += o.added_prices_30d;
         self.added_price_values_30d += o.added_price_values_30d;
@@ -737,12 +736,8 @@ impl Cost {
             self.union(anchor, n, false);
         }
         if ev.kind == Kind::Alias {
-            let user = list
-                .iter()
-                .position(|x| x.2 == "user_id")
-                .map(|i| nodes[i]);
-            if let (Some(u), Some(p)) = (user, nonempty(&w.previous_id).filter(|p| !blocked(p)))
-            {
+            let user = list.iter().position(|x| x.2 == "user_id").map(|i| nodes[i]);
+            if let (Some(u), Some(p)) = (user, nonempty(&w.previous_id).filter(|p| !blocked(p))) {
                 self.aliases.push((p.into(), u));
             }
         }
@@ -787,7 +782,10 @@ impl Cost {
         if ra == rb {
             return;
         }
-        let (la, lb) = (self.nodes[ra as usize].limited, self.nodes[rb as usize].limited);
+        let (la, lb) = (
+            self.nodes[ra as usize].limited,
+            self.nodes[rb as usize].limited,
+        );
         let mut sum = [0u16; 4];
         for k in 0..4 {
             sum[k] = la[k] + lb[k];
@@ -819,7 +817,8 @@ impl Cost {
         let name = w.event.as_deref().or(w.name.as_deref());
         let message_id = w.message_id.as_deref().unwrap_or("");
         let category = match (ev.kind, name) {
-            (Kind::Track, Some("Product Viewed")) if within(30) => props.and_then(|p| present(&p.category))
+            (Kind::Track, Some("Product Viewed")) if within(30) => props
+                .and_then(|p| present(&p.category))
                 .and_then(Scalar::as_str)
                 .map(str::to_string),
             _ => None,
@@ -847,8 +846,14 @@ impl Cost {
                 if let Some(c) = category {
                     add_category(&mut p.categories_30d, c, 1);
                 }
-                if props.and_then(|p| present(&p.currency)).and_then(Scalar::as_str) != Some("USD") {
-                    let price = props.and_then(|p| present(&p.price)).and_then(Scalar::as_num);
+                if props
+                    .and_then(|p| present(&p.currency))
+                    .and_then(Scalar::as_str)
+                    != Some("USD")
+                {
+                    let price = props
+                        .and_then(|p| present(&p.price))
+                        .and_then(Scalar::as_num);
                     p.max_foreign_view_price_30d = max_opt(p.max_foreign_view_price_30d, price);
                 }
             }
@@ -877,7 +882,11 @@ impl Cost {
             }
             (Kind::Track, Some("Coupon Applied")) if within(30) => p.coupons_30d += 1,
             (Kind::Track, Some("Promotion Viewed")) if within(30) => {
-                if props.and_then(|p| present(&p.position)).and_then(Scalar::as_str) == Some("home_banner") {
+                if props
+                    .and_then(|p| present(&p.position))
+                    .and_then(Scalar::as_str)
+                    == Some("home_banner")
+                {
                     p.home_promos_30d += 1;
                 }
             }
@@ -932,8 +941,10 @@ impl Cost {
         let n = self.nodes.len();
         let mut name_of: Vec<Option<(i64, u16, u128, u32)>> = vec![None; n];
         let mut merged: Vec<Option<Partial>> = (0..n).map(|_| None).collect();
-        let mut partials: Vec<Option<Partial>> =
-            std::mem::take(&mut self.partials).into_iter().map(Some).collect();
+        let mut partials: Vec<Option<Partial>> = std::mem::take(&mut self.partials)
+            .into_iter()
+            .map(Some)
+            .collect();
         for i in 0..n as u32 {
             let root = self.find(i) as usize;
             let node = &self.nodes[i as usize];
@@ -943,7 +954,9 @@ impl Cost {
                 *best = Some(key);
             }
             if node.partial != NO_PARTIAL {
-                let p = partials[node.partial as usize].take().expect("one partial per node");
+                let p = partials[node.partial as usize]
+                    .take()
+                    .expect("one partial per node");
                 match &mut merged[root] {
                     Some(m) => m.merge(p),
                     slot @ None => *slot = Some(p),
@@ -960,10 +973,12 @@ impl Cost {
             let p = merged[root].take().unwrap_or_default();
             let profile = self.nodes[namer as usize].name.to_string();
             for (name, value) in self.traits_of(&p) {
-                out.traits.insert((name.to_string(), profile.clone()), value);
+                out.traits
+                    .insert((name.to_string(), profile.clone()), value);
             }
             for audience in self.audiences_of(&p) {
-                out.memberships.insert((audience.to_string(), profile.clone()));
+                out.memberships
+                    .insert((audience.to_string(), profile.clone()));
             }
         }
         self.stats.identifiers = n as u64;
@@ -987,7 +1002,9 @@ impl Cost {
             out.push(("last_page", cost_value(v)));
         }
         if p.added_price_values_30d > 0 {
-            let v = p.max_added_price_30d.map_or(CostValue::Null, CostValue::Num);
+            let v = p
+                .max_added_price_30d
+                .map_or(CostValue::Null, CostValue::Num);
             out.push(("max_cart_price_30d", v));
         }
         out
@@ -1010,8 +1027,8 @@ impl Cost {
         );
         let has_email = matches!(&p.email, Some((_, _, v)) if *v != LwwValue::Null);
         let high_value = (p.revenue_values_90d > 0 && p.revenue_90d > 500.0) || p.orders_30d >= 3;
-        let avg_added = (p.added_prices_30d > 0)
-            .then(|| p.added_price_sum_30d / f64::from(p.added_prices_30d));
+        let avg_added =
+            (p.added_prices_30d > 0).then(|| p.added_price_sum_30d / f64::from(p.added_prices_30d));
         let checks = [
             ("shoe_lovers", p.shoes_viewed_30d >= 3 && plan_paid),
             ("cart_abandoners", p.checkouts_7d >= 1 && p.orders_7d == 0),

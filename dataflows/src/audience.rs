@@ -239,7 +239,8 @@ pub fn event_value(e: &Event, path: &EventPath) -> AggValue {
         return AggValue::Null;
     };
     if sub.is_empty() {
-        return serde_json::from_str::<Json>(raw).map_or(AggValue::Null, |v| AggValue::from_json(&v));
+        return serde_json::from_str::<Json>(raw)
+            .map_or(AggValue::Null, |v| AggValue::from_json(&v));
     }
     // Walk the raw text to the path; only the value found is materialized.
     let mut de = serde_json::Deserializer::from_str(raw);

@@ -945,7 +945,10 @@ fn source_operator<'s, P: SourcePart + 'static>(
                     }
                 }
                 let now = p.progress();
-                let (read, consumed) = (now.records - reported.records, now.consumed - reported.consumed);
+                let (read, consumed) = (
+                    now.records - reported.records,
+                    now.consumed - reported.consumed,
+                );
                 for m in [&metrics.records, &source_metrics.records] {
                     m.fetch_add(read, Ordering::Relaxed);
                 }

@@ -23,7 +23,11 @@ fn rounds(seed: u64) -> Vec<Round> {
         .map(|_| {
             (0..rng.gen_range(0..12))
                 .map(|_| {
-                    let delay = if rng.gen_bool(0.4) { 0 } else { rng.gen_range(1..40) };
+                    let delay = if rng.gen_bool(0.4) {
+                        0
+                    } else {
+                        rng.gen_range(1..40)
+                    };
                     let diff = if rng.gen_bool(0.2) { -1 } else { 1 };
                     (rng.gen_range(0..6), delay, diff)
                 })
@@ -67,13 +71,20 @@ fn run(seed: u64, workers: usize) {
                 .as_collection()
                 .hold_future("Hold")
                 .inspect(move |(_, t, _)| {
-                    let now = watch.iter().map(|c| c.load(Ordering::SeqCst)).min().unwrap();
+                    let now = watch
+                        .iter()
+                        .map(|c| c.load(Ordering::SeqCst))
+                        .min()
+                        .unwrap();
                     assert!(*t <= now, "released {t} while an input was at {now}");
                 })
                 .sink_by_time("Collect", SinkTarget::Worker(0), move |ev| {
                     if let SinkEvent::Updates { time, updates } = ev {
                         let mut s = sink.lock().unwrap();
-                        assert!(s.insert(*time, updates.to_vec()).is_none(), "one batch per time");
+                        assert!(
+                            s.insert(*time, updates.to_vec()).is_none(),
+                            "one batch per time"
+                        );
                     }
                 });
             input
@@ -97,7 +108,11 @@ fn run(seed: u64, workers: usize) {
     })
     .unwrap();
     let got = got.lock().unwrap().clone();
-    assert_eq!(got, expected(&input_rounds, step), "seed {seed}, {workers} workers");
+    assert_eq!(
+        got,
+        expected(&input_rounds, step),
+        "seed {seed}, {workers} workers"
+    );
 }
 
 #[test]

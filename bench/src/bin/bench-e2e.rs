@@ -83,7 +83,9 @@ use weft_engine::runtime::{Cluster, ClusterConfig, JobId, JobReport, JobStatus};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 #[derive(Parser)]
-#[command(about = "End-to-end: Kafka → dedupe → identity → audiences → Kafka, with its ceiling and COST.")]
+#[command(
+    about = "End-to-end: Kafka → dedupe → identity → audiences → Kafka, with its ceiling and COST."
+)]
 struct Args {
     /// Events to produce.
     #[arg(long, default_value_t = 1_000_000)]
@@ -299,7 +301,10 @@ fn ceiling(brokers: &str, topic: &str, expected: u64) -> Result<(f64, f64, Ends)
         valid += u64::from(serde_json::from_slice::<serde_json::Value>(payload).is_ok());
     })?;
     std::hint::black_box(valid);
-    ensure!(n == expected, "the ceiling read {n} records, expected {expected}");
+    ensure!(
+        n == expected,
+        "the ceiling read {n} records, expected {expected}"
+    );
     Ok((t.elapsed().as_secs_f64(), thread_cpu() - cpu, ends))
 }
 
@@ -387,10 +392,14 @@ window = "{dedupe_window}"
         state = dir.join("state").display(),
     );
     for (name, query) in TRAITS {
-        spec.push_str(&format!("\n[[traits]]\nname = \"{name}\"\nquery = '{query}'\n"));
+        spec.push_str(&format!(
+            "\n[[traits]]\nname = \"{name}\"\nquery = '{query}'\n"
+        ));
     }
     for (name, query) in AUDIENCES {
-        spec.push_str(&format!("\n[[audiences]]\nname = \"{name}\"\nquery = '{query}'\n"));
+        spec.push_str(&format!(
+            "\n[[audiences]]\nname = \"{name}\"\nquery = '{query}'\n"
+        ));
     }
     for (name, output) in [("audiences", "audiences"), ("traits", "computed_traits")] {
         spec.push_str(&format!(
@@ -441,16 +450,26 @@ fn throughput(cluster: &Cluster, spec: &JobSpec, expected: u64) -> Result<(JobId
     let id = cluster.submit(spec)?;
     let deadline = started + Duration::from_secs(3600);
     let read_all_at = loop {
-        ensure!(Instant::now() < deadline, "the job did not read the topic within an hour");
+        ensure!(
+            Instant::now() < deadline,
+            "the job did not read the topic within an hour"
+        );
         let r = report(cluster, id)?;
-        ensure!(r.status != JobStatus::Finished, "the job finished: {:?}", r.errors);
+        ensure!(
+            r.status != JobStatus::Finished,
+            "the job finished: {:?}",
+            r.errors
+        );
         if r.records >= expected {
             break now_ms() as u64;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let frontier = loop {
-        ensure!(Instant::now() < deadline, "the sinks did not catch up within an hour");
+        ensure!(
+            Instant::now() < deadline,
+            "the sinks did not catch up within an hour"
+        );
         let r = report(cluster, id)?;
         if let Some(f) = sink_frontier(&r).filter(|f| *f > read_all_at) {
             break f;
@@ -479,7 +498,10 @@ fn throughput(cluster: &Cluster, spec: &JobSpec, expected: u64) -> Result<(JobId
 // Latency.
 
 fn probe_key(k: u64) -> String {
-    format!("anonymous_id:probe-{}-{k}/{PROBE_AUDIENCE}", std::process::id())
+    format!(
+        "anonymous_id:probe-{}-{k}/{PROBE_AUDIENCE}",
+        std::process::id()
+    )
 }
 
 fn probe_event(k: u64) -> String {
@@ -504,7 +526,10 @@ fn watch_probes(
                 let at = Instant::now();
                 if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
                     if key.starts_with("anonymous_id:probe-") {
-                        seen.lock().expect("seen").entry(key.to_string()).or_insert(at);
+                        seen.lock()
+                            .expect("seen")
+                            .entry(key.to_string())
+                            .or_insert(at);
                     }
                 }
             }
@@ -598,7 +623,10 @@ fn latency(
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let s = seen.lock().expect("seen");
-        if sent_probes.iter().all(|(k, _)| s.contains_key(&probe_key(*k))) {
+        if sent_probes
+            .iter()
+            .all(|(k, _)| s.contains_key(&probe_key(*k)))
+        {
             break;
         }
         drop(s);
@@ -649,7 +677,10 @@ fn cost(brokers: &str, topic: &str, ends: &Ends, t: u64, expected: u64) -> Resul
         program.push(m.payload().unwrap_or_default());
         compute += c.elapsed();
     })?;
-    ensure!(n == expected, "the COST program read {n} records, expected {expected}");
+    ensure!(
+        n == expected,
+        "the COST program read {n} records, expected {expected}"
+    );
     let c = Instant::now();
     let output = program.finish();
     compute += c.elapsed();
@@ -686,7 +717,10 @@ fn sink_state(brokers: &str, topic: &str, t: u64) -> Result<BTreeMap<String, ser
         });
         state.insert(key.to_string(), data);
     })?;
-    ensure!(bad == 0, "{bad} records of {topic} had no key or weft.time header");
+    ensure!(
+        bad == 0,
+        "{bad} records of {topic} had no key or weft.time header"
+    );
     Ok(state
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -723,7 +757,10 @@ fn check(brokers: &str, topic: &str, t: u64, cost: &CostOutput) -> Result<(bool,
     let mut weft_traits: BTreeMap<(String, String), serde_json::Value> = BTreeMap::new();
     for d in traits.values() {
         let name = d.get("trait").and_then(|v| v.as_str()).unwrap_or_default();
-        let profile = d.get("profile").and_then(|v| v.as_str()).unwrap_or_default();
+        let profile = d
+            .get("profile")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         let value = d.get("value").cloned().unwrap_or(serde_json::Value::Null);
         weft_traits.insert((name.to_string(), profile.to_string()), value);
     }
@@ -846,7 +883,10 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
 
     // Summary.
     println!();
-    println!("== bench-e2e: {events} events, {} partitions, {} workers ==", args.partitions, args.workers);
+    println!(
+        "== bench-e2e: {events} events, {} partitions, {} workers ==",
+        args.partitions, args.workers
+    );
     println!("throughput");
     println!("  weft                                {rate:>10.0} events/s");
     println!(
@@ -901,7 +941,10 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
         );
     }
     if let Some(c) = &cost_run {
-        println!("  COST peak live heap growth {:.0} MB", mb(c.peak_heap as f64));
+        println!(
+            "  COST peak live heap growth {:.0} MB",
+            mb(c.peak_heap as f64)
+        );
         let (ok, verdict) = check(brokers, topic, tp.t, &c.output)?;
         println!("check at logical time {}: {verdict}", tp.t);
         if !ok {
