@@ -175,3 +175,12 @@ impl AuditLog {
         Ok(())
     }
 }
+
+/// The audit log of a job, shared by its worker-0 operators and its sinks'
+/// threads (which record commits).
+pub type SharedAudit = std::sync::Arc<std::sync::Mutex<Option<AuditLog>>>;
+
+/// Locks a [`SharedAudit`] (a panic elsewhere does not lose the log).
+pub fn lock_audit(audit: &SharedAudit) -> std::sync::MutexGuard<'_, Option<AuditLog>> {
+    audit.lock().unwrap_or_else(|p| p.into_inner())
+}

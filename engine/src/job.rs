@@ -61,7 +61,7 @@ use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
 use weft_operators::dedupe::{DedupeConfig, LatePolicy};
 use weft_operators::reclock::Reclock;
 
-use crate::audit::AuditLog;
+use crate::audit::{lock_audit, AuditLog, SharedAudit};
 use crate::hub::{hub_operator, Exports, Hub, HubRecord};
 use crate::profile_index::{IndexUpdate, ProfileIndex};
 use crate::runtime::{JobId, JobMetrics, Shared, SinkMetrics};
@@ -302,7 +302,7 @@ struct PrivacyContext<'a> {
     shared: &'a Arc<Shared>,
     stop: &'a Rc<Cell<bool>>,
     activators: &'a Rc<RefCell<Vec<Activator>>>,
-    audit: &'a Rc<RefCell<Option<AuditLog>>>,
+    audit: &'a SharedAudit,
 }
 
 /// The privacy layer's products.
@@ -415,7 +415,7 @@ fn regulation_source<'s>(
                                         &job_name,
                                         format!("regulation log line {line}: {message}; skipped"),
                                     );
-                                    if let Some(a) = audit.borrow_mut().as_mut() {
+                                    if let Some(a) = lock_audit(&audit).as_mut() {
                                         let _ = a.rejected(line, &message);
                                     }
                                 }
@@ -452,7 +452,7 @@ fn wall_ms() -> u64 {
 fn audit_regulations<'s>(
     regulations: VecCollection<'s, u64, Regulation, isize>,
     resolved: Resolved<'s>,
-    audit: &Rc<RefCell<Option<AuditLog>>>,
+    audit: &SharedAudit,
 ) {
     let audit = audit.clone();
     regulations
@@ -460,7 +460,7 @@ fn audit_regulations<'s>(
         .concat(resolved.map(|(r, _, _)| (r, true)))
         .sink_by_time("Audit:regulations", SinkTarget::Worker(0), move |ev| {
             if let (SinkEvent::Updates { updates, .. }, Some(log)) =
-                (ev, audit.borrow_mut().as_mut())
+                (ev, lock_audit(&audit).as_mut())
             {
                 let mut at = 0;
                 while at < updates.len() {
@@ -558,7 +558,7 @@ pub fn build_job(
     let counts = Rc::new(RefCell::new(None));
     let dataflow_index = worker.next_dataflow_index();
     let mut sinks_total = 0;
-    let audit = Rc::new(RefCell::new(None));
+    let audit: SharedAudit = Arc::new(std::sync::Mutex::new(None));
     if index == 0 {
         if let Some(regs) = &spec.regulations {
             let path = regs
@@ -567,7 +567,7 @@ pub fn build_job(
                 .unwrap_or_else(|| state_dir(spec).join("regulations-audit.jsonl"));
             let sinks = spec.sinks.iter().map(|s| s.name().to_string()).collect();
             match AuditLog::open(&path, sinks) {
-                Ok(log) => *audit.borrow_mut() = Some(log),
+                Ok(log) => *lock_audit(&audit) = Some(log),
                 Err(e) => shared.job_error(id, &name, format!("regulations audit log: {e}")),
             }
         }
@@ -985,7 +985,7 @@ struct SinkContext<'a, 's> {
     shared: &'a Arc<Shared>,
     metrics: &'a Arc<JobMetrics>,
     done: &'a Rc<Cell<usize>>,
-    audit: &'a Rc<RefCell<Option<AuditLog>>>,
+    audit: &'a SharedAudit,
     /// Identifiers (`kind:value`) of deleted people, at the deletion's effect time.
     erasures: Option<&'a VecCollection<'s, u64, String, isize>>,
 }
@@ -998,66 +998,206 @@ enum SinkItem<D> {
     Record(D),
 }
 
-/// One sink on worker 0 (or none, elsewhere or after a failure) and its bookkeeping.
-struct SinkDriver<D> {
-    sink: Option<Box<dyn Sink<D>>>,
-    name: String,
-    job: JobId,
-    job_name: String,
-    shared: Arc<Shared>,
+/// What the worker hands to a sink's thread.
+enum SinkMsg<D> {
+    /// The changes of one completed time (erasures first).
+    Write {
+        time: u64,
+        erase: Vec<String>,
+        records: Vec<(D, isize)>,
+    },
+    /// Every earlier write is complete; make it durable up to `frontier`.
+    Commit(Vec<u64>),
+}
+
+/// Messages a sink's thread may have queued before the worker waits: enough
+/// to keep the thread busy, few enough that a slow destination slows the
+/// dataflow (backpressure) instead of growing memory without bound.
+const SINK_QUEUE: usize = 64;
+
+/// One sink on worker 0 (or none, elsewhere or after a failure): the worker
+/// side. The sink itself runs on its own thread ([`SinkThread`]), so encoding,
+/// writing and committing (a Kafka transaction, a PostgreSQL transaction, an
+/// fsync) never stop worker 0 from running the dataflow: commits overlap with
+/// computation, and when a commit is slower than the times complete, the
+/// next commit covers all the times that completed meanwhile.
+struct SinkDriver<D: Send + 'static> {
+    tx: Option<std::sync::mpsc::SyncSender<SinkMsg<D>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     metrics: Arc<JobMetrics>,
     done: Rc<Cell<usize>>,
-    audit: Rc<RefCell<Option<AuditLog>>>,
     /// This sink's counters (changes, commits, frontier, commit latency).
     stats: Arc<SinkMetrics>,
 }
 
-impl<D> SinkDriver<D> {
-    fn updates(&mut self, time: u64, erase: &[String], records: &[(D, isize)]) {
-        let Some(s) = self.sink.as_mut() else { return };
-        let mut result = Ok(());
-        if !erase.is_empty() {
-            result = s.erase(time, erase);
-        }
-        if result.is_ok() && !records.is_empty() {
-            for m in [&self.metrics.sink_lines, &self.stats.changes] {
-                m.fetch_add(records.len() as u64, Ordering::Relaxed);
-            }
-            result = s.write(time, records);
-        }
-        self.check(result);
-    }
-
-    fn progress(&mut self, frontier: &[u64]) {
-        if let Some(s) = self.sink.as_mut() {
-            let started = std::time::Instant::now();
-            let result = s.commit(frontier);
-            let ok = result.is_ok();
-            self.check(result);
-            if ok {
-                self.stats.committed(frontier, started.elapsed());
-                if let Some(a) = self.audit.borrow_mut().as_mut() {
-                    if let Err(e) = a.sink_committed(&self.name, frontier) {
-                        tracing::error!("regulations audit log: {e}");
+impl<D: Send + 'static> SinkDriver<D> {
+    fn start(
+        sink: Option<Box<dyn Sink<D> + Send>>,
+        cx: SinkThread<D>,
+        metrics: Arc<JobMetrics>,
+        done: Rc<Cell<usize>>,
+    ) -> Self {
+        let stats = cx.stats.clone();
+        let (tx, thread) = match sink {
+            Some(sink) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(SINK_QUEUE);
+                let name = format!("weft-sink-{}", cx.name);
+                let thread = std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || cx.run(sink, rx));
+                match thread {
+                    Ok(t) => (Some(tx), Some(t)),
+                    Err(e) => {
+                        stats.failed.store(true, Ordering::Relaxed);
+                        tracing::error!("cannot start a sink thread: {e}");
+                        (None, None)
                     }
                 }
             }
+            None => (None, None),
+        };
+        SinkDriver {
+            tx,
+            thread,
+            metrics,
+            done,
+            stats,
         }
+    }
+
+    fn send(&mut self, msg: SinkMsg<D>) {
+        if let Some(tx) = &self.tx {
+            if tx.send(msg).is_err() {
+                // The thread stopped after a failure (it reported it).
+                self.tx = None;
+            }
+        }
+    }
+
+    fn updates(&mut self, time: u64, erase: &[String], records: &[(D, isize)])
+    where
+        D: Clone,
+    {
+        if self.tx.is_none() || (erase.is_empty() && records.is_empty()) {
+            return;
+        }
+        for m in [&self.metrics.sink_lines, &self.stats.changes] {
+            m.fetch_add(records.len() as u64, Ordering::Relaxed);
+        }
+        self.send(SinkMsg::Write {
+            time,
+            erase: erase.to_vec(),
+            records: records.to_vec(),
+        });
+    }
+
+    fn progress(&mut self, frontier: &[u64]) {
+        self.send(SinkMsg::Commit(frontier.to_vec()));
         if frontier.is_empty() {
+            // Complete: the job is done with this sink once its thread has
+            // made everything durable.
+            self.finish();
             self.done.set(self.done.get() + 1);
         }
     }
 
-    fn check(&mut self, result: std::io::Result<()>) {
-        if let Err(e) = result {
-            self.shared.job_error(
-                self.job,
-                &self.job_name,
-                format!("sink {}: {e}; its further output is discarded", self.name),
-            );
-            self.stats.failed.store(true, Ordering::Relaxed);
-            self.sink = None;
+    /// Closes the queue and waits for the thread to write what it holds.
+    fn finish(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
+    }
+}
+
+impl<D: Send + 'static> Drop for SinkDriver<D> {
+    fn drop(&mut self) {
+        // A dropped job: the thread writes what it was given (without a
+        // further commit) and closes the destination before the job is gone.
+        self.finish();
+    }
+}
+
+/// The thread side of a sink: writes, erases and commits in order, reports
+/// commits to the sink's metrics and the regulations audit log, and reports a
+/// failure as a job error (the sink's further output is then discarded).
+struct SinkThread<D> {
+    name: String,
+    job: JobId,
+    job_name: String,
+    shared: Arc<Shared>,
+    audit: SharedAudit,
+    stats: Arc<SinkMetrics>,
+    _records: std::marker::PhantomData<fn(D)>,
+}
+
+impl<D> SinkThread<D> {
+    fn run(self, mut sink: Box<dyn Sink<D> + Send>, rx: std::sync::mpsc::Receiver<SinkMsg<D>>) {
+        let mut queue: std::collections::VecDeque<SinkMsg<D>> = Default::default();
+        loop {
+            if queue.is_empty() {
+                match rx.recv() {
+                    Ok(m) => queue.push_back(m),
+                    Err(_) => return,
+                }
+            }
+            queue.extend(rx.try_iter());
+            // Commits coalesce: everything up to the last queued commit is
+            // written, then committed once at that commit's frontier. Writes
+            // after it (later times) wait for the commit that covers them.
+            let last_commit = queue.iter().rposition(|m| matches!(m, SinkMsg::Commit(_)));
+            let take = last_commit.map_or(queue.len(), |k| k + 1);
+            let mut commit = None;
+            for msg in queue.drain(..take) {
+                let result = match msg {
+                    SinkMsg::Write {
+                        time,
+                        erase,
+                        records,
+                    } => {
+                        let mut r = Ok(());
+                        if !erase.is_empty() {
+                            r = sink.erase(time, &erase);
+                        }
+                        if r.is_ok() && !records.is_empty() {
+                            r = sink.write(time, &records);
+                        }
+                        r
+                    }
+                    SinkMsg::Commit(f) => {
+                        commit = Some(f);
+                        Ok(())
+                    }
+                };
+                if let Err(e) = result {
+                    return self.fail(e);
+                }
+            }
+            if let Some(frontier) = commit {
+                let started = std::time::Instant::now();
+                if let Err(e) = sink.commit(&frontier) {
+                    return self.fail(e);
+                }
+                self.stats.committed(&frontier, started.elapsed());
+                if let Some(a) = lock_audit(&self.audit).as_mut() {
+                    if let Err(e) = a.sink_committed(&self.name, &frontier) {
+                        tracing::error!("regulations audit log: {e}");
+                    }
+                }
+                if frontier.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn fail(&self, e: std::io::Error) {
+        self.shared.job_error(
+            self.job,
+            &self.job_name,
+            format!("sink {}: {e}; its further output is discarded", self.name),
+        );
+        self.stats.failed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -1066,18 +1206,21 @@ impl<D> SinkDriver<D> {
 pub type SinkGauges = Arc<dyn Fn() -> Vec<(String, f64)> + Send + Sync>;
 
 /// An opened sink, with its delivery metrics if it keeps any.
-pub type OpenedSink<D> = (Box<dyn Sink<D>>, Option<SinkGauges>);
+pub type OpenedSink<D> = (Box<dyn Sink<D> + Send>, Option<SinkGauges>);
 
 /// Records a sink can write: JSON for files and webhooks, a Kafka encoding,
 /// and, for the outputs they store, warehouse tables and lake files.
 pub trait SinkRecord: timely::ExchangeData + Ord + Clone + WriteJson + KafkaKey + Sized {
     /// Opens a Kafka sink for this record type (changes, or dead letters for errors).
-    fn open_kafka(config: &KafkaSinkConfig) -> Result<Box<dyn Sink<Self>>, KafkaError> {
+    fn open_kafka(config: &KafkaSinkConfig) -> Result<Box<dyn Sink<Self> + Send>, KafkaError> {
         Ok(Box::new(KafkaSink::open(config)?))
     }
     /// Opens a file sink writing Segment calls (audiences only; validation
     /// rejects the Segment formats for other outputs).
-    fn open_segment(_path: &std::path::Path, _track: bool) -> Result<Box<dyn Sink<Self>>, String> {
+    fn open_segment(
+        _path: &std::path::Path,
+        _track: bool,
+    ) -> Result<Box<dyn Sink<Self> + Send>, String> {
         Err("the Segment formats apply to the audiences output only".into())
     }
     /// Opens a PostgreSQL warehouse sink (events, profile traits, audiences
@@ -1119,9 +1262,12 @@ impl SinkRecord for TraitRecord {
     }
 }
 impl SinkRecord for Membership {
-    fn open_segment(path: &std::path::Path, track: bool) -> Result<Box<dyn Sink<Self>>, String> {
+    fn open_segment(
+        path: &std::path::Path,
+        track: bool,
+    ) -> Result<Box<dyn Sink<Self> + Send>, String> {
         SegmentAudienceSink::create(path, track)
-            .map(|s| Box::new(s) as Box<dyn Sink<Self>>)
+            .map(|s| Box::new(s) as Box<dyn Sink<Self> + Send>)
             .map_err(|e| e.to_string())
     }
     fn open_warehouse(config: &WarehouseConfig) -> Result<OpenedSink<Self>, String> {
@@ -1141,7 +1287,7 @@ impl SinkRecord for TraitValue {
 }
 impl SinkRecord for (CountKey, isize) {}
 impl SinkRecord for weft_dataflows::record::ErrorRecord {
-    fn open_kafka(config: &KafkaSinkConfig) -> Result<Box<dyn Sink<Self>>, KafkaError> {
+    fn open_kafka(config: &KafkaSinkConfig) -> Result<Box<dyn Sink<Self> + Send>, KafkaError> {
         Ok(Box::new(DeadLetterSink::open(config)?))
     }
 }
@@ -1347,7 +1493,7 @@ struct Metered<S> {
     commit_latency_ms: f64,
 }
 
-fn metered<D: 'static, S: Sink<D> + Counted + 'static>(sink: S) -> OpenedSink<D> {
+fn metered<D: 'static, S: Sink<D> + Counted + Send + 'static>(sink: S) -> OpenedSink<D> {
     let published = Arc::new(std::sync::Mutex::new(Vec::new()));
     let read = published.clone();
     let gauges: SinkGauges =
@@ -1407,7 +1553,7 @@ fn attach_sink<'s, D: SinkRecord>(
     cx: &SinkContext<'_, 's>,
 ) {
     let sink_name = spec.name().to_string();
-    let mut sink: Option<Box<dyn Sink<D>>> = None;
+    let mut sink: Option<Box<dyn Sink<D> + Send>> = None;
     if cx.index == 0 {
         let created: Result<OpenedSink<D>, String> = match spec {
             SinkSpec::File {
@@ -1415,7 +1561,7 @@ fn attach_sink<'s, D: SinkRecord>(
                 format: SinkFormat::Changes,
                 ..
             } => JsonLinesSink::create(path)
-                .map(|s| (Box::new(s) as Box<dyn Sink<D>>, None))
+                .map(|s| (Box::new(s) as Box<dyn Sink<D> + Send>, None))
                 .map_err(|e| e.to_string()),
             SinkSpec::File { path, format, .. } => {
                 D::open_segment(path, *format == SinkFormat::SegmentTrack).map(|s| (s, None))
@@ -1463,17 +1609,20 @@ fn attach_sink<'s, D: SinkRecord>(
             ),
         }
     }
-    let mut driver = SinkDriver {
+    let mut driver = SinkDriver::start(
         sink,
-        name: sink_name.clone(),
-        job: cx.job,
-        job_name: cx.job_name.to_string(),
-        shared: cx.shared.clone(),
-        metrics: cx.metrics.clone(),
-        done: cx.done.clone(),
-        audit: cx.audit.clone(),
-        stats: cx.metrics.sink(&sink_name),
-    };
+        SinkThread {
+            name: sink_name.clone(),
+            job: cx.job,
+            job_name: cx.job_name.to_string(),
+            shared: cx.shared.clone(),
+            audit: cx.audit.clone(),
+            stats: cx.metrics.sink(&sink_name),
+            _records: std::marker::PhantomData,
+        },
+        cx.metrics.clone(),
+        cx.done.clone(),
+    );
     let op = format!("Sink:{sink_name}");
     match cx.erasures {
         None => collection.sink_by_time(&op, SinkTarget::Worker(0), move |ev| match ev {
