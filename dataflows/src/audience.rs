@@ -597,14 +597,122 @@ where
     }
 }
 
+/// The aggregates of a condition (in leaf order, repeats included).
+pub fn condition_aggregates(c: &Condition) -> Vec<Aggregate> {
+    let mut ls = Vec::new();
+    leaves(c, &mut ls);
+    ls.into_iter()
+        .filter_map(|l| match l {
+            Leaf::Value(ValueRef::Agg(a), _) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One event's contributions to each of `aggs` it is selected by:
+/// `(aggregate index, contribution, event time)`. What a join of events
+/// with their profiles emits for [`SharedAggregates::build`], so that the
+/// event itself is never copied for the aggregates.
+pub fn event_contributions(aggs: &[Aggregate], e: &Event) -> Vec<(usize, Contribution, i64)> {
+    let mut out = Vec::new();
+    for (i, a) in aggs.iter().enumerate() {
+        if let Some(v) = contributed_value(a, e) {
+            let c: Contribution = if matches!(a.func, AggFunc::First | AggFunc::Last) {
+                (e.time_ms, e.message_id().to_string(), v)
+            } else {
+                (0, String::new(), v)
+            };
+            out.push((i, c, e.time_ms));
+        }
+    }
+    out
+}
+
+/// Many aggregates over the same events, computed in one pass.
+///
+/// Compiling each aggregate on its own reads every event once per
+/// aggregate: the event stream is copied to each (a deep copy of every
+/// event per aggregate, most of a job's time with 25 aggregates), and equal
+/// aggregates of different definitions are kept twice. Here the join of
+/// events with their profiles emits, per event, only its small
+/// contributions tagged with the aggregate's index ([`event_contributions`]);
+/// one operator applies each aggregate's window and routes the contributions
+/// to that aggregate's arrangement and reduce; equal aggregates (of any
+/// definitions) are one.
+pub struct SharedAggregates<'s, P: timely::ExchangeData + Ord + Clone + 'static> {
+    entries: Vec<(Aggregate, Arranged<'s, ValuesTrace<P>>)>,
+}
+
+impl<'s, P> SharedAggregates<'s, P>
+where
+    P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
+{
+    /// The distinct aggregates of `aggs`, in first-seen order: the `aggs`
+    /// to give [`event_contributions`] and [`SharedAggregates::build`].
+    pub fn distinct(aggs: impl IntoIterator<Item = Aggregate>) -> Vec<Aggregate> {
+        let mut out: Vec<Aggregate> = Vec::new();
+        for a in aggs {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    /// Builds every aggregate of `aggs` from `contributions`:
+    /// `(aggregate index, (profile, contribution, event time))`.
+    pub fn build(
+        contributions: VecCollection<'s, u64, (usize, (P, Contribution, i64)), isize>,
+        aggs: &[Aggregate],
+    ) -> Self {
+        use timely::dataflow::operators::vec::Partition as _;
+        let windows: Vec<Option<u64>> = aggs.iter().map(|a| a.events.window.map(|w| w.0)).collect();
+        let parts = contributions
+            .inner
+            .flat_map(move |((i, (p, c, e)), t, r)| {
+                let (now, windowed) = match windows[i] {
+                    None => (Some(((i, (p, c)), t, r)), None),
+                    Some(w) => (None, Some(window_updates((i, (p, c)), t, r, e, w))),
+                };
+                now.into_iter().chain(windowed.into_iter().flatten())
+            })
+            .partition(aggs.len() as u64, |((i, d), t, r)| (i as u64, (d, t, r)));
+        let entries = parts
+            .into_iter()
+            .zip(aggs)
+            .map(|(part, agg)| {
+                let coll = part.as_collection();
+                let coll = match agg.events.window {
+                    Some(_) => coll.hold_future("HoldWindowExpiries"),
+                    None => coll,
+                };
+                (agg.clone(), arrange_contributions(coll, agg.func))
+            })
+            .collect();
+        SharedAggregates { entries }
+    }
+
+    /// The arranged values of `agg`, if it is one of these.
+    pub fn get(&self, agg: &Aggregate) -> Option<Arranged<'s, ValuesTrace<P>>> {
+        self.entries
+            .iter()
+            .find(|(a, _)| a == agg)
+            .map(|(_, arranged)| arranged.clone())
+    }
+}
+
 /// The collections an audience compilation reads.
-pub struct ProfileInputs<'s, P: 'static> {
+pub struct ProfileInputs<'s, P: timely::ExchangeData + Ord + Clone + 'static> {
     /// Every profile (each once).
     pub profiles: VecCollection<'s, u64, P, isize>,
     /// Events by the profile they belong to.
     pub events: VecCollection<'s, u64, (P, Event), isize>,
     /// Profile traits: `(profile, (key, JSON value text))`, one value per key.
     pub traits: VecCollection<'s, u64, (P, (String, String)), isize>,
+    /// Aggregates already computed in one pass over the events (see
+    /// [`SharedAggregates`]); an aggregate found here is not recomputed from
+    /// `events`.
+    pub shared: Option<std::rc::Rc<SharedAggregates<'s, P>>>,
 }
 
 /// A computed trait's values: `(profile, value)`.
@@ -642,8 +750,22 @@ pub fn arrange_aggregate<'s, P>(
 where
     P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
 {
-    let func = agg.func;
-    windowed_contributions(inputs.events.clone(), agg)
+    if let Some(found) = inputs.shared.as_ref().and_then(|s| s.get(agg)) {
+        return found;
+    }
+    arrange_contributions(windowed_contributions(inputs.events.clone(), agg), agg.func)
+}
+
+/// Arranges an aggregate's (windowed) contributions by profile and reduces
+/// them to its value.
+fn arrange_contributions<'s, P>(
+    contributions: VecCollection<'s, u64, (P, Contribution), isize>,
+    func: AggFunc,
+) -> Arranged<'s, ValuesTrace<P>>
+where
+    P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
+{
+    contributions
         .arrange_by_key_named("Arrange: Aggregate")
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<P, AggValue, u64, isize>, _, _>(
             "Aggregate",

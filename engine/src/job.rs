@@ -41,8 +41,8 @@ use weft_connectors::source::{Decoded, PartProgress, Poll, SourcePart};
 use weft_connectors::warehouse::{WarehouseConfig, WarehouseRecord, WarehouseSink, WarehouseStats};
 use weft_connectors::webhook::{WebhookConfig, WebhookSink, WebhookStats};
 use weft_dataflows::audience::{
-    arrange_aggregate, arrange_audience, AggValue, Members, Membership, ProfileInputs, TraitValue,
-    TraitValues,
+    arrange_aggregate, arrange_audience, condition_aggregates, event_contributions, AggValue,
+    Members, Membership, ProfileInputs, SharedAggregates, TraitValue, TraitValues,
 };
 use weft_dataflows::event::Event;
 use weft_dataflows::identity::{
@@ -129,6 +129,30 @@ fn build_profiles<'s>(
                 vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
             },
         );
+    // The aggregates of every spec trait and audience, in one pass over the
+    // events (see `SharedAggregates`): the join emits contributions, not events.
+    let mut aggs = Vec::new();
+    for t in &spec.traits {
+        aggs.push(parse_computed_trait(&t.query).map_err(|e| format!("trait {}: {e}", t.name))?);
+    }
+    for a in &spec.audiences {
+        let cond = parse_audience(&a.query).map_err(|e| format!("audience {}: {e}", a.name))?;
+        aggs.extend(condition_aggregates(&cond));
+    }
+    let aggs = SharedAggregates::<ProfileId>::distinct(aggs);
+    let shared = (!aggs.is_empty()).then(|| {
+        let list = aggs.clone();
+        let contributions =
+            events_by_anchor
+                .clone()
+                .join_core(ids.profile_of.clone(), move |_h, e, p| {
+                    let p = *p;
+                    event_contributions(&list, e)
+                        .into_iter()
+                        .map(move |(i, c, time)| (i, (p, c, time)))
+                });
+        Rc::new(SharedAggregates::build(contributions, &aggs))
+    });
     let inputs = ProfileInputs {
         profiles: profiles.clone().as_collection(|p, _| *p),
         events: profile_events.clone(),
@@ -136,6 +160,7 @@ fn build_profiles<'s>(
             .traits
             .clone()
             .map(|((p, k), v)| (p, (k.to_string(), v.to_string()))),
+        shared,
     };
     let mut exports = Exports::new(
         events_by_anchor.trace.clone(),

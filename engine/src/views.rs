@@ -540,6 +540,7 @@ fn build_definition<'s>(
         profiles: profiles.as_collection(|p, _| *p),
         events: anchored.join_core(profile_of, |_h, e, p| Some((*p, e.clone()))),
         traits: traits.as_collection(|p, (k, v)| (*p, (k.to_string(), v.to_string()))),
+        shared: None,
     };
     let computed: BTreeMap<String, TraitValues<'s, ProfileId>> = imports
         .values

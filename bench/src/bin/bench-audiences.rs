@@ -1044,6 +1044,7 @@ fn build_profiles<'s>(
             .traits
             .clone()
             .map(|((p, k), v)| (p, (k.to_string(), v.to_string()))),
+        shared: None,
     };
     let mut aggregates = 0;
     let mut computed: BTreeMap<String, TraitValues<'s, ProfileId>> = BTreeMap::new();
