@@ -103,6 +103,9 @@ struct Args {
     /// dedupe passes unchecked (at 24 h most records of the backfill are late).
     #[arg(long, default_value = "30d")]
     dedupe_window: String,
+    /// The Kafka source's tick (a job-spec duration): the granularity of logical time.
+    #[arg(long, default_value = "100ms")]
+    tick: String,
     /// Length of the latency phase, seconds (0: skip it).
     #[arg(long, default_value_t = 30.0)]
     latency_secs: f64,
@@ -370,7 +373,13 @@ impl MemorySampler {
 // The job.
 
 /// Writes and loads the job spec (live Kafka source, two Kafka sinks).
-fn write_spec(dir: &Path, brokers: &str, topic: &str, dedupe_window: &str) -> Result<JobSpec> {
+fn write_spec(
+    dir: &Path,
+    brokers: &str,
+    topic: &str,
+    dedupe_window: &str,
+    tick: &str,
+) -> Result<JobSpec> {
     let mut spec = format!(
         r#"[job]
 name = "bench-e2e-{pid}"
@@ -381,7 +390,7 @@ type = "kafka"
 name = "events"
 brokers = "{brokers}"
 topics = ["{topic}"]
-tick = "100ms"
+tick = "{tick}"
 
 [dedupe]
 window = "{dedupe_window}"
@@ -872,7 +881,7 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
     );
 
     // PHASE 2. Weft: the job over the whole topic.
-    let spec = write_spec(dir, brokers, topic, &args.dedupe_window)?;
+    let spec = write_spec(dir, brokers, topic, &args.dedupe_window, &args.tick)?;
     let cluster = Cluster::start(ClusterConfig::single(args.workers))?;
     let (id, tp) = throughput(&cluster, &spec, events)?;
     let rate = events as f64 / tp.secs;
