@@ -21,9 +21,10 @@
 //! - `parse + append, no HTTP`: the same, each block first going through
 //!   the API's request parsing (`parse_request`) — everything but HTTP;
 //! - `HTTP batch` / `HTTP single`: `--clients` connections post `/v1/batch`
-//!   (`--batch` events) or `/v1/track` as fast as answered (closed loop);
+//!   (`--batch` events) or each event to its own call (`/v1/track`,
+//!   `/v1/identify`, ... by its type) as fast as answered (closed loop);
 //!   latency is per request;
-//! - `HTTP single @ rate`: `/v1/track` requests started at a fixed
+//! - `HTTP single @ rate`: single calls started at a fixed
 //!   `--rate` per second for `--seconds` (open loop: latency is measured
 //!   from each request's scheduled start, so a stall counts in full).
 //!
@@ -146,14 +147,20 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let mut accepted = 0u64;
-    let r = client_rt.block_on(closed_loop(&addr, "/v1/batch", &batches, args.clients))?;
+    let batch_requests: Vec<(String, Vec<u8>)> = batches
+        .iter()
+        .map(|b| ("/v1/batch".to_string(), b.clone()))
+        .collect();
+    let single_requests: Vec<(String, Vec<u8>)> =
+        singles.iter().map(|b| (call_path(b), b.clone())).collect();
+    let r = client_rt.block_on(closed_loop(&addr, &batch_requests, args.clients))?;
     accepted += events.len() as u64;
     row("HTTP batch", events.len(), r.0, Some(&r.1));
-    let r = client_rt.block_on(closed_loop(&addr, "/v1/track", &singles, args.clients))?;
+    let r = client_rt.block_on(closed_loop(&addr, &single_requests, args.clients))?;
     accepted += events.len() as u64;
     row("HTTP single", events.len(), r.0, Some(&r.1));
     let n = (args.rate * args.seconds) as usize;
-    let paced: Vec<Vec<u8>> = singles.iter().cycle().take(n).cloned().collect();
+    let paced: Vec<(String, Vec<u8>)> = single_requests.iter().cycle().take(n).cloned().collect();
     let (elapsed, lat) = client_rt.block_on(open_loop(&addr, &paced, args.rate))?;
     accepted += n as u64;
     row(
@@ -215,8 +222,17 @@ fn generate(n: u64) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// The endpoint of a single call: `/v1/<its type>` (as a Segment library posts it).
+fn call_path(event: &[u8]) -> String {
+    let kind = serde_json::from_slice::<serde_json::Value>(event)
+        .ok()
+        .and_then(|v| v["type"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "track".to_string());
+    format!("/v1/{kind}")
+}
+
 /// Request bodies: `/v1/batch` envelopes of `per` events, or (per = 1) the
-/// events themselves for `/v1/track`-style calls.
+/// events themselves for single calls (`/v1/track`, `/v1/identify`, ...).
 fn bodies(events: &[Vec<u8>], per: usize) -> Vec<Vec<u8>> {
     if per == 1 {
         return events.to_vec();
@@ -289,12 +305,11 @@ fn no_http(
     Ok(start.elapsed())
 }
 
-/// `clients` keep-alive connections post `bodies` to `path` as fast as they
+/// `clients` keep-alive connections post `(path, body)` requests as fast as they
 /// are answered; returns the time and the sorted request latencies.
 async fn closed_loop(
     addr: &str,
-    path: &str,
-    bodies: &[Vec<u8>],
+    bodies: &[(String, Vec<u8>)],
     clients: usize,
 ) -> Result<(Duration, Vec<Duration>)> {
     let bodies = Arc::new(bodies.to_vec());
@@ -302,22 +317,17 @@ async fn closed_loop(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (bodies, next, addr, path) = (
-            bodies.clone(),
-            next.clone(),
-            addr.to_string(),
-            path.to_string(),
-        );
+        let (bodies, next, addr) = (bodies.clone(), next.clone(), addr.to_string());
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::connect(&addr).await?;
             let mut lat = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(body) = bodies.get(i) else {
+                let Some((path, body)) = bodies.get(i) else {
                     return Ok::<_, anyhow::Error>(lat);
                 };
                 let t = Instant::now();
-                conn.post(&path, body).await?;
+                conn.post(path, body).await?;
                 lat.push(t.elapsed());
             }
         }));
@@ -331,25 +341,29 @@ async fn closed_loop(
     Ok((elapsed, all))
 }
 
-/// Starts one `/v1/track` request every `1/rate` s, on a pool of keep-alive
+/// Starts one request (`(path, body)`) every `1/rate` s, on a pool of keep-alive
 /// connections; returns the time and the sorted latencies from each
 /// request's scheduled start.
-async fn open_loop(addr: &str, bodies: &[Vec<u8>], rate: u64) -> Result<(Duration, Vec<Duration>)> {
+async fn open_loop(
+    addr: &str,
+    bodies: &[(String, Vec<u8>)],
+    rate: u64,
+) -> Result<(Duration, Vec<Duration>)> {
     let pool: Arc<Mutex<Vec<Conn>>> = Arc::default();
     let start = tokio::time::Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let mut tasks = Vec::with_capacity(bodies.len());
-    for (i, body) in bodies.iter().enumerate() {
+    for (i, (path, body)) in bodies.iter().enumerate() {
         let scheduled = start + period * i as u32;
         tokio::time::sleep_until(scheduled).await;
-        let (pool, addr, body) = (pool.clone(), addr.to_string(), body.clone());
+        let (pool, addr, path, body) = (pool.clone(), addr.to_string(), path.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let taken = pool.lock().expect("pool").pop();
             let mut conn = match taken {
                 Some(c) => c,
                 None => Conn::connect(&addr).await?,
             };
-            conn.post("/v1/track", &body).await?;
+            conn.post(&path, &body).await?;
             let latency = scheduled.elapsed();
             pool.lock().expect("pool").push(conn);
             Ok::<_, anyhow::Error>(latency)
