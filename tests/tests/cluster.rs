@@ -13,12 +13,19 @@
 //! * Dropping a job drains it to `finished`; `POST /v1/shutdown` stops
 //!   both processes. Whatever happens, the test kills what it started.
 //!
+//! * The whole path of the cluster issue: a job fed by the Segment-compatible
+//!   collection API (single calls and batches), a runtime audience that
+//!   backfills, profiles read back by any identifier, a deletion that
+//!   empties the Profile API and every sink of the person, refusals with
+//!   reasons, nothing accepted lost, drop and shutdown
+//!   (`a_two_process_cluster_collects_serves_profiles_and_forgets`).
+//!
 //! The `weft` binary must be built: `cargo build -p weft-engine --bin weft`.
 
 #[path = "../../connectors/tests/kafka_support/mod.rs"]
 mod kafka_support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -479,4 +486,418 @@ path = "out-live/identities.jsonl"
         r#"{"type":"delete","identifier":"user_id:u4"}"#,
     );
     assert_eq!(status, 409, "{body}");
+}
+
+// ---------------------------------------------------------------------------
+// The whole path of issue 8, on a 2-process cluster.
+
+const WRITE_KEY: &str = "wk_e2e_7c1d";
+
+/// Posts a Segment call to process 0's collection API: `(status, JSON)`.
+fn collect(api: &str, call: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    let http = reqwest::blocking::Client::new();
+    let mut r = http
+        .post(format!("{api}/v1/{call}"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(k) = key {
+        r = r.basic_auth(k, Some(""));
+    }
+    let resp = r.send().unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A profile over the Profile API: `(status, JSON)`.
+fn profile(api: &str, job: u64, identifier: &str) -> (u16, Value) {
+    let id = identifier.replace('@', "%40");
+    raw(
+        reqwest::Method::GET,
+        &format!("{api}/v1/jobs/{job}/profiles/{id}?events_limit=100"),
+        Some(TOKEN),
+        "",
+    )
+}
+
+/// Waits (bounded) until `check` accepts the profile of `identifier`.
+fn wait_profile(
+    api: &str,
+    job: u64,
+    identifier: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, p) = profile(api, job, identifier);
+        if status == 200 && check(&p) {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "profile of {identifier} never showed {what}: {status} {p}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn identifiers_of(p: &Value) -> BTreeSet<String> {
+    p["identifiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            format!(
+                "{}:{}",
+                i["kind"].as_str().unwrap(),
+                i["value"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn audiences_of(p: &Value) -> BTreeSet<String> {
+    p["audiences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Submitted over HTTP to 2 processes × 2 workers: a job fed by the
+/// collection API (single calls and batches, write-key auth), with a computed
+/// trait and an audience from its spec and an audience added while it runs
+/// (backfilled from what the job holds); a profile read back by any of its
+/// identifiers; a person deleted (gone from the Profile API and every sink);
+/// bad requests refused with reasons and nothing accepted lost; the job
+/// dropped and the cluster shut down.
+#[test]
+fn a_two_process_cluster_collects_serves_profiles_and_forgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut cluster = TestCluster::start(root, 2, 2);
+    let client = cluster.client();
+    let api = cluster.api.clone();
+    let spec = format!(
+        r#"
+[job]
+name = "e2e"
+state_dir = "state-e2e"
+[[sources]]
+type = "http"
+name = "api"
+write_keys = ["{WRITE_KEY}"]
+tick = "20ms"
+[dedupe]
+window = "30d"
+[[traits]]
+name = "orders"
+query = 'count(track "Order Completed")'
+[[audiences]]
+name = "buyers"
+query = 'count(track "Order Completed") >= 1'
+[regulations]
+path = "e2e-regulations.jsonl"
+audit = "e2e-audit.jsonl"
+[[sinks]]
+type = "file"
+name = "events"
+output = "events"
+path = "out-e2e/events.jsonl"
+[[sinks]]
+type = "file"
+name = "identities"
+output = "identities"
+path = "out-e2e/identities.jsonl"
+[[sinks]]
+type = "file"
+name = "audiences"
+output = "audiences"
+path = "out-e2e/audiences.jsonl"
+"#
+    );
+    let id = client.submit(&spec, Some(root)).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+
+    // STEP 1. The write key works once the job is built (bounded wait); a
+    // request without it, or with another, is 401.
+    let mut accepted: BTreeSet<String> = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = collect(
+            &api,
+            "page",
+            Some(WRITE_KEY),
+            r#"{"anonymousId":"anon-a","name":"Home","messageId":"e2e-1","properties":{"path":"/"}}"#,
+        );
+        if status == 200 {
+            assert_eq!(body["success"], true, "{body}");
+            accepted.insert("e2e-1".into());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the write key never worked: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let track = r#"{"userId":"ua","event":"Order Completed","messageId":"x"}"#;
+    let (status, body) = collect(&api, "track", None, track);
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = collect(&api, "track", Some("wk_unknown"), track);
+    assert_eq!(status, 401);
+    let (status, body) = raw(reqwest::Method::GET, &format!("{api}/v1/jobs"), None, "");
+    assert_eq!(status, 401, "{body}");
+
+    // STEP 2. Single calls and batches.
+    let singles = [
+        (
+            "identify",
+            r#"{"userId":"ua","anonymousId":"anon-a","messageId":"e2e-2","traits":{"email":"a@example.com","plan":"pro"}}"#,
+            "e2e-2",
+        ),
+        (
+            "alias",
+            r#"{"previousId":"anon-a2","userId":"ua","messageId":"e2e-3"}"#,
+            "e2e-3",
+        ),
+        (
+            "identify",
+            r#"{"userId":"ub","messageId":"e2e-4","traits":{"email":"b@example.com"}}"#,
+            "e2e-4",
+        ),
+        (
+            "identify",
+            r#"{"userId":"uc","anonymousId":"anon-c","messageId":"e2e-5","traits":{"email":"c@example.com"}}"#,
+            "e2e-5",
+        ),
+        (
+            "screen",
+            r#"{"anonymousId":"anon-a2","name":"Cart","messageId":"e2e-6"}"#,
+            "e2e-6",
+        ),
+    ];
+    for (call, body, mid) in singles {
+        let (status, answer) = collect(&api, call, Some(WRITE_KEY), body);
+        assert_eq!(status, 200, "{call}: {answer}");
+        accepted.insert(mid.into());
+    }
+    let mut batch = Vec::new();
+    let mut add = |m: Value| {
+        accepted.insert(m["messageId"].as_str().unwrap().to_string());
+        batch.push(m);
+    };
+    add(
+        serde_json::json!({"type":"track","userId":"ua","event":"Order Completed","messageId":"e2e-b1","properties":{"revenue":30}}),
+    );
+    for i in 0..3 {
+        add(
+            serde_json::json!({"type":"track","userId":"ua","event":"Product Viewed","messageId":format!("e2e-b2{i}")}),
+        );
+    }
+    add(
+        serde_json::json!({"type":"track","userId":"ub","event":"Product Viewed","messageId":"e2e-b3"}),
+    );
+    for i in 0..2 {
+        add(
+            serde_json::json!({"type":"track","userId":"uc","event":"Order Completed","messageId":format!("e2e-b4{i}")}),
+        );
+    }
+    add(
+        serde_json::json!({"type":"page","anonymousId":"anon-c","name":"Blog","messageId":"e2e-b5"}),
+    );
+    let (status, answer) = collect(
+        &api,
+        "batch",
+        Some(WRITE_KEY),
+        &serde_json::json!({ "batch": batch }).to_string(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    // A retried call (same messageId) is accepted and deduplicated.
+    let (status, _) = collect(&api, "identify", Some(WRITE_KEY), singles[2].1);
+    assert_eq!(status, 200);
+
+    // STEP 3. Refused at the door, with a JSON reason; nothing of it is kept.
+    let big = format!(
+        r#"{{"userId":"ua","event":"Big","messageId":"e2e-big","properties":{{"blob":"{}"}}}}"#,
+        "x".repeat(33 * 1024)
+    );
+    let (status, body) = collect(&api, "track", Some(WRITE_KEY), &big);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["success"], false, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("32"), "{body}");
+    let many: Vec<Value> = (0..2501)
+        .map(|i| serde_json::json!({"type":"track","userId":"ua","event":"E","messageId":format!("e2e-many-{i}")}))
+        .collect();
+    let (status, body) = collect(
+        &api,
+        "batch",
+        Some(WRITE_KEY),
+        &serde_json::json!({ "batch": many }).to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("2500")
+            || body["message"].as_str().unwrap().contains("2,500"),
+        "{body}"
+    );
+    let (status, body) = collect(&api, "track", Some(WRITE_KEY), "{not json");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].is_string(), "{body}");
+
+    // Every accepted event (and the retry) is read by the job.
+    let expected = accepted.len() as u64 + 1;
+    wait_job(&client, id, "caught up", |j| {
+        j["records"].as_u64() == Some(expected)
+    });
+
+    // STEP 4. An audience added at runtime backfills: ua already viewed 3 products.
+    let added = client
+        .audience_add(
+            id,
+            &serde_json::json!({"name": "viewers", "query": "count(track \"Product Viewed\") >= 3"}),
+        )
+        .unwrap();
+    assert_eq!(added["name"], "viewers", "{added}");
+
+    // STEP 5. The profile, by any identifier, merged across ids.
+    let a = wait_profile(&api, id, "email:a@example.com", "viewers", |p| {
+        audiences_of(p).contains("viewers")
+    });
+    let ids_a: BTreeSet<String> = [
+        "anonymous_id:anon-a",
+        "anonymous_id:anon-a2",
+        "user_id:ua",
+        "email:a@example.com",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(identifiers_of(&a), ids_a, "{a}");
+    assert_eq!(a["traits"]["plan"], "pro", "{a}");
+    assert_eq!(a["computed_traits"]["orders"].as_f64(), Some(1.0), "{a}");
+    assert_eq!(
+        audiences_of(&a),
+        ["buyers", "viewers"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        "{a}"
+    );
+    // page, identify, alias, screen, 1 order, 3 views.
+    assert_eq!(a["events_total"], 8, "{a}");
+    for other in ["user_id:ua", "anonymous_id:anon-a2"] {
+        let (status, p) = profile(&api, id, other);
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(
+            p["profile"], a["profile"],
+            "{other} is another profile: {p}"
+        );
+    }
+    let b = wait_profile(&api, id, "user_id:ub", "b", |_| true);
+    assert!(audiences_of(&b).is_empty(), "{b}");
+    assert_eq!(b["events_total"], 2, "the retry is deduplicated: {b}");
+    let c = wait_profile(&api, id, "anonymous_id:anon-c", "c", |_| true);
+    assert_eq!(c["computed_traits"]["orders"].as_f64(), Some(2.0), "{c}");
+    let (status, _) = profile(&api, id, "user_id:nobody");
+    assert_eq!(status, 404);
+    let members = net(&root.join("out-e2e/audiences.jsonl"));
+    assert!(
+        members
+            .keys()
+            .any(|k| k.contains("\"viewers\"") && k.contains("anon-a")),
+        "the audiences sink has no viewers membership for A: {members:?}"
+    );
+
+    // STEP 6. A deletion: C is gone from the Profile API and from every sink.
+    let answer = client
+        .regulate(id, r#"{"type":"delete","identifier":"user_id:uc"}"#)
+        .unwrap();
+    let reg = answer["id"].as_str().unwrap().to_string();
+    let audit = root.join("e2e-audit.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let entries: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|e: &Value| e["regulation"] == reg.as_str())
+            .collect();
+        let applied = entries.iter().any(|e| e["event"] == "applied");
+        let committed = entries.iter().filter(|e| e["event"] == "committed").count();
+        if applied && committed == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "regulation {reg} not applied and committed: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for ident in ["user_id:uc", "anonymous_id:anon-c", "email:c@example.com"] {
+        loop {
+            let (status, p) = profile(&api, id, ident);
+            if status == 404 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ident} still has a profile: {p}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for out in ["events", "identities", "audiences"] {
+        let held = net(&root.join(format!("out-e2e/{out}.jsonl")));
+        assert!(
+            !held.keys().any(|k| k.contains("\"uc\"")
+                || k.contains("anon-c")
+                || k.contains("c@example.com")),
+            "the {out} sink still holds C: {held:?}"
+        );
+    }
+    // Nothing accepted is lost: every other event is in the events sink, once.
+    let events = net(&root.join("out-e2e/events.jsonl"));
+    let kept: BTreeSet<String> = events
+        .keys()
+        .map(|k| {
+            serde_json::from_str::<Value>(k).unwrap()["messageId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let of_c: BTreeSet<String> = ["e2e-5", "e2e-b40", "e2e-b41", "e2e-b5"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let expected: BTreeSet<String> = accepted.difference(&of_c).cloned().collect();
+    assert_eq!(kept, expected);
+    assert!(events.values().all(|d| *d == 1), "{events:?}");
+
+    // STEP 7. Drop the runtime audience, then the job; shut the cluster down.
+    let dropped = client.audience_drop(id, "viewers").unwrap();
+    assert_eq!(dropped["dropped"], true, "{dropped}");
+    wait_profile(&api, id, "user_id:ua", "no viewers", |p| {
+        !audiences_of(p).contains("viewers")
+    });
+    client.cancel(id).unwrap();
+    wait_job(&client, id, "finished", |j| j["status"] == "finished");
+    let (status, _) = collect(&api, "track", Some(WRITE_KEY), track);
+    assert_ne!(status, 200, "a dropped job takes no events");
+    client.shutdown().unwrap();
+    let codes = cluster.wait_exit(Duration::from_secs(120));
+    assert_eq!(
+        codes,
+        vec![Some(0), Some(0)],
+        "processes did not exit cleanly:\n{}",
+        cluster.logs_text()
+    );
 }
