@@ -946,7 +946,11 @@ fn source_operator<'s, P: SourcePart + 'static>(
             let mut cap = Some(cap);
             let mut part = part;
             let mut buf: Vec<(Decoded, u64)> = Vec::with_capacity(SOURCE_BATCH);
-            let mut reported = PartProgress::default();
+            // The total found at build time was counted then (see build_job).
+            let mut reported = PartProgress {
+                total: part.as_ref().and_then(|p| p.progress().total),
+                ..PartProgress::default()
+            };
             move |output| {
                 let (Some(c), Some(p)) = (cap.as_mut(), part.as_mut()) else {
                     cap = None;
@@ -982,6 +986,17 @@ fn source_operator<'s, P: SourcePart + 'static>(
                 }
                 for m in [&metrics.rejected, &source_metrics.rejected] {
                     m.fetch_add(rejected, Ordering::Relaxed);
+                }
+                // A live Kafka source's total grows with the high watermarks
+                // (total - consumed is its consumer lag).
+                let grown = now
+                    .total
+                    .unwrap_or(0)
+                    .saturating_sub(reported.total.unwrap_or(0));
+                if grown > 0 {
+                    for m in [&metrics.total, &source_metrics.total] {
+                        m.fetch_add(grown, Ordering::Relaxed);
+                    }
                 }
                 reported = now;
                 match poll {

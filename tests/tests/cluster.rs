@@ -7,7 +7,8 @@
 //! * Requests without the token, or with a wrong one, get 401; a malformed
 //!   spec or regulation 400 with a JSON reason; an unknown job 404; a
 //!   regulation for a job that cannot take one 409.
-//! * A live job (Kafka source) takes a deletion over the API: the audit log
+//! * A live job (Kafka source) reports a consumer lag of 0 once caught up,
+//!   and takes a deletion over the API: the audit log
 //!   records it applied and committed by every sink, and no sink keeps a
 //!   record of the person (skipped, loudly, without a broker).
 //! * Dropping a job drains it to `finished`; `POST /v1/shutdown` stops
@@ -404,6 +405,26 @@ path = "out-live/identities.jsonl"
     wait_job(&client, id, "caught up", |j| {
         j["records"].as_u64() == Some(400) && j["status"] == "running"
     });
+    // Caught up: the consumer lag (high watermarks - next offsets, summed
+    // over both processes' partitions) is 0, and 400 offsets are consumed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = reqwest::blocking::get(format!("{}/metrics", cluster.api))
+            .unwrap()
+            .text()
+            .unwrap();
+        let labels = format!("{{job=\"live\",id=\"{id}\",source=\"events\"}}");
+        if metrics.contains(&format!("weft_source_lag{labels} 0\n"))
+            && metrics.contains(&format!("weft_source_consumed_total{labels} 400\n"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no consumer lag of 0 for the live source:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // u3's events, before the deletion (kafka_support::event: userId u{i % 17}).
     let mentions_u3 = |dir: &Path| {
         net(&dir.join("out-live/events.jsonl"))

@@ -315,6 +315,14 @@ struct PartitionState {
     unsynced: bool,
     /// Bounded mode: the end of the partition was reached.
     done: bool,
+    /// The first offset this run reads (the recorded bindings' start, else
+    /// the low watermark at assignment).
+    start: u64,
+    /// The next offset to read: one past the last record read.
+    position: u64,
+    /// The high watermark, as last fetched (at assignment; live sources
+    /// every [`METADATA_REFRESH`]).
+    high: u64,
 }
 
 /// One worker's share of a Kafka source.
@@ -388,16 +396,16 @@ impl KafkaPart {
                 }
                 None => Offset::Beginning,
             };
+            // Watermarks: the total of a bounded read (an estimate: see the
+            // module docs on watermarks) and the consumer lag of a live one.
+            let (low, high) = self.topics[t]
+                .consumer
+                .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+                .map(|(l, h)| (l.max(0) as u64, h.max(0) as u64))
+                .unwrap_or((0, 0));
+            let first = log.lower().unwrap_or(low);
             if let Some(total) = &mut self.total {
-                // An estimate: see the module docs on watermarks.
-                if let Ok((low, high)) =
-                    self.topics[t]
-                        .consumer
-                        .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
-                {
-                    *total += (high.max(0) as u64)
-                        .saturating_sub(log.lower().unwrap_or(low.max(0) as u64));
-                }
+                *total += high.saturating_sub(first);
             }
             tpl.add_partition_offset(&topic, partition, start)
                 .map_err(|e| KafkaError::client(format!("cannot assign {topic}/{partition}"), e))?;
@@ -412,6 +420,9 @@ impl KafkaPart {
                 batch: None,
                 unsynced: false,
                 done: false,
+                start: first,
+                position: first,
+                high,
             });
         }
         self.topics[t]
@@ -436,6 +447,30 @@ impl KafkaPart {
             self.parts.push(ps);
         }
         Ok(())
+    }
+
+    /// Fetches the high watermark of every partition read (live sources:
+    /// the consumer lag that [`SourcePart::progress`] reports).
+    fn refresh_watermarks(&mut self) {
+        for ps in &mut self.parts {
+            let Some(&t) = self
+                .topics
+                .iter()
+                .position(|r| r.topic == ps.topic)
+                .as_ref()
+            else {
+                continue;
+            };
+            match self.topics[t]
+                .consumer
+                .fetch_watermarks(&ps.topic, ps.partition, REFRESH_TIMEOUT)
+            {
+                Ok((_, high)) => ps.high = ps.high.max(high.max(0) as u64),
+                Err(e) => {
+                    tracing::debug!(source = %self.config.name, topic = %ps.topic, partition = ps.partition, "cannot fetch watermarks: {e}")
+                }
+            }
+        }
     }
 
     /// Looks for partitions added to the topics since the last look.
@@ -597,6 +632,7 @@ impl KafkaPart {
             };
             let offset = msg.offset().max(0) as u64;
             let ps = &mut self.parts[idx];
+            ps.position = ps.position.max(offset + 1);
             if ps.done {
                 // Bounded: past the end as first reached.
                 continue;
@@ -661,6 +697,7 @@ impl SourcePart for KafkaPart {
         // STEP 2. New partitions (unbounded only).
         if !self.config.bounded && Instant::now() >= self.next_refresh {
             self.refresh();
+            self.refresh_watermarks();
             self.next_refresh = Instant::now() + METADATA_REFRESH;
         }
         // STEP 3. The time of records that arrive now. A batch never spans
@@ -711,10 +748,24 @@ impl SourcePart for KafkaPart {
         }
     }
 
+    /// `consumed` counts offsets (records, and transaction markers between
+    /// them); a live source's `total` is the high watermarks (refreshed every
+    /// [`METADATA_REFRESH`]), so `total - consumed` is its consumer lag
+    /// (after a transactional producer's last commit, its marker counts as
+    /// one offset of lag until a record follows it).
     fn progress(&self) -> PartProgress {
+        let consumed = self.parts.iter().map(|p| p.position - p.start).sum();
+        let total = match self.total {
+            Some(t) => t,
+            None => self
+                .parts
+                .iter()
+                .map(|p| p.high.max(p.position) - p.start)
+                .sum(),
+        };
         PartProgress {
-            consumed: self.records,
-            total: self.total,
+            consumed,
+            total: Some(total),
             records: self.records,
         }
     }

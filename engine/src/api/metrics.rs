@@ -208,12 +208,12 @@ const SOURCE_REJECTED: Family = (
 const SOURCE_CONSUMED: Family = (
     "weft_source_consumed_total",
     Kind::Counter,
-    "Units a source consumed: bytes for files, records for Kafka.",
+    "Units a source consumed: bytes for files, offsets for Kafka.",
 );
 const SOURCE_LAG: Family = (
     "weft_source_lag",
     Kind::Gauge,
-    "Units of a source not consumed yet (bytes for files), where the total is known.",
+    "Units of a source not consumed yet: bytes of files; for Kafka, the consumer lag (high watermarks minus the next offsets to read, refreshed every 5 s).",
 );
 const SINK_CHANGES: Family = (
     "weft_sink_changes_total",
