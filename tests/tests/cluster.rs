@@ -188,6 +188,30 @@ fn wait_job(client: &Client, id: u64, what: &str, done: impl Fn(&Value) -> bool)
     }
 }
 
+/// Waits (bounded) until the audit log says regulation `reg` was applied
+/// and then committed by `sinks` sinks.
+fn wait_audit(audit: &Path, reg: &str, sinks: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(audit).unwrap_or_default();
+        let entries: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|e: &Value| e["regulation"] == reg)
+            .collect();
+        let applied = entries.iter().any(|e| e["event"] == "applied");
+        let committed = entries.iter().filter(|e| e["event"] == "committed").count();
+        if applied && committed == sinks {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "regulation {reg} not applied and committed by {sinks} sinks: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The net content of a change file: record → summed diff, zeros dropped.
 fn net(path: &Path) -> BTreeMap<String, i64> {
     let mut m: BTreeMap<String, i64> = BTreeMap::new();
@@ -469,25 +493,7 @@ path = "out-live/identities.jsonl"
 
     // Applied, then committed by both sinks (the audit log says when).
     let audit = root.join("live-audit.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let text = std::fs::read_to_string(&audit).unwrap_or_default();
-        let entries: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .filter(|e: &Value| e["regulation"] == reg.as_str())
-            .collect();
-        let applied = entries.iter().any(|e| e["event"] == "applied");
-        let committed = entries.iter().filter(|e| e["event"] == "committed").count();
-        if applied && committed == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "regulation {reg} not applied and committed: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_audit(&audit, &reg, 2);
     assert_eq!(mentions_u3(root), 0, "the events sink still holds u3");
     assert!(
         !std::fs::read_to_string(root.join("out-live/identities.jsonl"))
@@ -842,25 +848,7 @@ path = "out-e2e/audiences.jsonl"
         .unwrap();
     let reg = answer["id"].as_str().unwrap().to_string();
     let audit = root.join("e2e-audit.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let text = std::fs::read_to_string(&audit).unwrap_or_default();
-        let entries: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .filter(|e: &Value| e["regulation"] == reg.as_str())
-            .collect();
-        let applied = entries.iter().any(|e| e["event"] == "applied");
-        let committed = entries.iter().filter(|e| e["event"] == "committed").count();
-        if applied && committed == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "regulation {reg} not applied and committed: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_audit(&audit, &reg, 3);
     let deadline = Instant::now() + Duration::from_secs(60);
     for ident in ["user_id:uc", "anonymous_id:anon-c", "email:c@example.com"] {
         loop {
