@@ -33,8 +33,10 @@
 //!    end of time, which also plays out every window expiry of the next 90
 //!    days. Peak memory is sampled every 50 ms during this phase: the Rust
 //!    live heap (a counting allocator; librdkafka's buffers are not in it)
-//!    and VmRSS (peak reset through `/proc/self/clear_refs` first); memory per
-//!    profile = peak live heap growth / profiles;
+//!    and VmRSS (peak reset through `/proc/self/clear_refs` first). The peak
+//!    includes the backlog's batches in flight; the **retained** heap, 2 s
+//!    after the sinks caught up with the job idle, is the state the job
+//!    holds: memory per profile = retained live heap growth / profiles;
 //! 3. **weft, latency**: the same job goes on live; a producer adds new
 //!    events at `R/2` (R from phase 2), and every `--probe-ms` a *probe*: a
 //!    new anonymous visitor's page view of a blog post, which makes that
@@ -315,9 +317,12 @@ fn ceiling(brokers: &str, topic: &str, expected: u64) -> Result<(f64, f64, Ends)
 // Memory.
 
 /// Bytes allocated and not yet freed through the global allocator.
+/// Live heap bytes. (stats_alloc already adds a realloc's growth to
+/// `bytes_allocated` and its shrinkage to `bytes_deallocated`;
+/// `bytes_reallocated` is the same amount again and must not be added.)
 fn live_heap() -> i64 {
     let s = GLOBAL.stats();
-    s.bytes_allocated as i64 - s.bytes_deallocated as i64 + s.bytes_reallocated as i64
+    s.bytes_allocated as i64 - s.bytes_deallocated as i64
 }
 
 fn status_kb(key: &str) -> u64 {
@@ -447,6 +452,9 @@ struct Throughput {
     peak_rss_kb: u64,
     heap_before: i64,
     rss_before_kb: u64,
+    /// Live heap 2 s after the sinks caught up (the job idle): the state the
+    /// job retains, without the in-flight batches of the backlog.
+    retained_heap: i64,
     report: JobReport,
 }
 
@@ -488,9 +496,12 @@ fn throughput(cluster: &Cluster, spec: &JobSpec, expected: u64) -> Result<(JobId
     let secs = started.elapsed().as_secs_f64();
     let cpu = process_cpu() - cpu;
     let (peak_heap, peak_rss_kb) = sampler.finish();
+    std::thread::sleep(Duration::from_secs(2));
+    let retained_heap = live_heap();
     Ok((
         id,
         Throughput {
+            retained_heap,
             secs,
             cpu,
             t: frontier - 1,
@@ -899,6 +910,7 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
         d.late
     );
     let heap = (tp.peak_heap - tp.heap_before) as f64;
+    let retained = (tp.retained_heap - tp.heap_before) as f64;
     let rss = (tp.peak_rss_kb.saturating_sub(tp.rss_before_kb) * 1024) as f64;
     if !tp.report.errors.is_empty() {
         println!("  job errors: {:?}", tp.report.errors);
@@ -976,15 +988,16 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
     }
     println!("memory (throughput phase)");
     println!(
-        "  peak live heap growth {:.0} MB, peak RSS growth {:.0} MB",
+        "  peak live heap growth {:.0} MB, peak RSS growth {:.0} MB; retained live heap (idle, 2 s after catching up) {:.0} MB",
         mb(heap),
-        mb(rss)
+        mb(rss),
+        mb(retained)
     );
     if let Some(p) = profiles.filter(|p| *p > 0) {
         println!(
-            "  per profile ({p} profiles): {:.0} B heap, {:.0} B RSS  (= {:.0} MB / {:.0} MB per million profiles)",
-            heap / p as f64,
-            rss / p as f64,
+            "  per profile ({p} profiles): retained {:.0} B heap (= {:.0} MB per million profiles); peak {:.0} B heap, {:.0} B RSS",
+            retained / p as f64,
+            retained / p as f64,
             heap / p as f64,
             rss / p as f64
         );
