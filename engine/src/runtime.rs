@@ -200,7 +200,7 @@ impl JobMetrics {
             consumed: self.consumed.load(Ordering::Relaxed),
             total: self.total.load(Ordering::Relaxed),
             sink_lines: self.sink_lines.load(Ordering::Relaxed),
-            dedupe: self.dedupe.snapshot().into(),
+            dedupe: self.dedupe.snapshot(),
             sources,
             workers_installed: 0,
             workers_done: 0,
@@ -346,7 +346,7 @@ pub struct Counters {
     /// Changes written by sinks.
     pub sink_lines: u64,
     /// Dedupe counters.
-    pub dedupe: DedupeCounters,
+    pub dedupe: DedupeStatsSnapshot,
     /// Per source.
     pub sources: BTreeMap<String, SourceCounters>,
     /// Workers (of that process) that have built the job.
@@ -365,7 +365,7 @@ impl Counters {
         self.consumed += other.consumed;
         self.total += other.total;
         self.sink_lines += other.sink_lines;
-        self.dedupe.add(&other.dedupe);
+        self.dedupe += &other.dedupe;
         for (name, s) in &other.sources {
             self.sources.entry(name.clone()).or_default().add(s);
         }
@@ -398,116 +398,6 @@ impl SourceCounters {
     /// Units not consumed yet, when the total is known.
     pub fn lag(&self) -> Option<u64> {
         (self.total > 0).then(|| self.total.saturating_sub(self.consumed))
-    }
-}
-
-/// A serializable copy of [`DedupeStatsSnapshot`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DedupeCounters {
-    /// See [`DedupeStatsSnapshot::passed`].
-    pub passed: u64,
-    /// See [`DedupeStatsSnapshot::dropped_duplicates`].
-    pub dropped_duplicates: u64,
-    /// See [`DedupeStatsSnapshot::late`].
-    pub late: u64,
-    /// See [`DedupeStatsSnapshot::dropped_late`].
-    pub dropped_late: u64,
-    /// See [`DedupeStatsSnapshot::retractions`].
-    pub retractions: u64,
-    /// See [`DedupeStatsSnapshot::keys_held`].
-    pub keys_held: u64,
-    /// See [`DedupeStatsSnapshot::bytes_held`].
-    pub bytes_held: u64,
-    /// See [`DedupeStatsSnapshot::bytes_spilled`].
-    pub bytes_spilled: u64,
-    /// See [`DedupeStatsSnapshot::spilled_runs`].
-    pub spilled_runs: u64,
-    /// See [`DedupeStatsSnapshot::spill_failures`].
-    pub spill_failures: u64,
-}
-
-impl DedupeCounters {
-    fn add(&mut self, o: &DedupeCounters) {
-        let DedupeCounters {
-            passed,
-            dropped_duplicates,
-            late,
-            dropped_late,
-            retractions,
-            keys_held,
-            bytes_held,
-            bytes_spilled,
-            spilled_runs,
-            spill_failures,
-        } = o;
-        self.passed += passed;
-        self.dropped_duplicates += dropped_duplicates;
-        self.late += late;
-        self.dropped_late += dropped_late;
-        self.retractions += retractions;
-        self.keys_held += keys_held;
-        self.bytes_held += bytes_held;
-        self.bytes_spilled += bytes_spilled;
-        self.spilled_runs += spilled_runs;
-        self.spill_failures += spill_failures;
-    }
-}
-
-impl From<DedupeStatsSnapshot> for DedupeCounters {
-    fn from(s: DedupeStatsSnapshot) -> Self {
-        let DedupeStatsSnapshot {
-            passed,
-            dropped_duplicates,
-            late,
-            dropped_late,
-            retractions,
-            keys_held,
-            bytes_held,
-            bytes_spilled,
-            spilled_runs,
-            spill_failures,
-        } = s;
-        DedupeCounters {
-            passed,
-            dropped_duplicates,
-            late,
-            dropped_late,
-            retractions,
-            keys_held,
-            bytes_held,
-            bytes_spilled,
-            spilled_runs,
-            spill_failures,
-        }
-    }
-}
-
-impl From<DedupeCounters> for DedupeStatsSnapshot {
-    fn from(s: DedupeCounters) -> Self {
-        let DedupeCounters {
-            passed,
-            dropped_duplicates,
-            late,
-            dropped_late,
-            retractions,
-            keys_held,
-            bytes_held,
-            bytes_spilled,
-            spilled_runs,
-            spill_failures,
-        } = s;
-        DedupeStatsSnapshot {
-            passed,
-            dropped_duplicates,
-            late,
-            dropped_late,
-            retractions,
-            keys_held,
-            bytes_held,
-            bytes_spilled,
-            spilled_runs,
-            spill_failures,
-        }
     }
 }
 
@@ -782,7 +672,7 @@ impl JobReport {
             consumed: c.consumed,
             total: c.total,
             sink_lines: c.sink_lines,
-            dedupe: c.dedupe.into(),
+            dedupe: c.dedupe,
             elapsed: s.finished.unwrap_or_else(Instant::now) - s.started,
             rate: s.rate,
             sources: c.sources,

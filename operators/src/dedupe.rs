@@ -278,8 +278,9 @@ struct Counters {
     spill_failures: AtomicU64,
 }
 
-/// A point-in-time copy of [`DedupeStats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A point-in-time copy of [`DedupeStats`]; serializable, so processes of a
+/// cluster can send theirs to process 0, and summable (`+=`) across workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DedupeStatsSnapshot {
     /// Records passed with a positive diff (counted once each), late ones included.
     pub passed: u64,
@@ -301,6 +302,33 @@ pub struct DedupeStatsSnapshot {
     pub spilled_runs: u64,
     /// Spill attempts that failed (the keys stayed in memory).
     pub spill_failures: u64,
+}
+
+impl std::ops::AddAssign<&DedupeStatsSnapshot> for DedupeStatsSnapshot {
+    fn add_assign(&mut self, o: &DedupeStatsSnapshot) {
+        let DedupeStatsSnapshot {
+            passed,
+            dropped_duplicates,
+            late,
+            dropped_late,
+            retractions,
+            keys_held,
+            bytes_held,
+            bytes_spilled,
+            spilled_runs,
+            spill_failures,
+        } = o;
+        self.passed += passed;
+        self.dropped_duplicates += dropped_duplicates;
+        self.late += late;
+        self.dropped_late += dropped_late;
+        self.retractions += retractions;
+        self.keys_held += keys_held;
+        self.bytes_held += bytes_held;
+        self.bytes_spilled += bytes_spilled;
+        self.spilled_runs += spilled_runs;
+        self.spill_failures += spill_failures;
+    }
 }
 
 impl DedupeStats {

@@ -71,12 +71,13 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use weft_bench::cost::{Cost, CostOutput, CostValue, AUDIENCES, TRAITS};
 use weft_bench::gen::{GenConfig, Generator};
+use weft_bench::kafka::send;
 use weft_connectors::kafka::admin;
 use weft_dataflows::spec::JobSpec;
 use weft_engine::runtime::{Cluster, ClusterConfig, JobId, JobReport, JobStatus};
@@ -142,27 +143,6 @@ fn producer(brokers: &str, linger_ms: &str) -> Result<BaseProducer> {
         .set("batch.size", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
         .create()?)
-}
-
-fn send(p: &BaseProducer, topic: &str, partition: i32, payload: &[u8]) -> Result<()> {
-    let mut record = BaseRecord::<(), [u8]>::to(topic)
-        .partition(partition)
-        .payload(payload);
-    loop {
-        match p.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                r,
-            )) => {
-                record = r;
-                p.poll(Duration::from_millis(5));
-            }
-            Err((e, _)) => bail!("cannot produce: {e}"),
-        }
-    }
 }
 
 /// Generated events whose times fill `[start_ms, start_ms + span_ms)`.

@@ -33,13 +33,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 use weft_bench::gen::{default_users, parse_iso8601_ms, GenConfig, Generator};
+use weft_bench::kafka::send;
 use weft_connectors::kafka::admin;
 use weft_dataflows::spec::JobSpec;
 use weft_engine::runtime::{Cluster, ClusterConfig, JobStatus};
@@ -85,27 +86,6 @@ fn producer(brokers: &str) -> Result<BaseProducer> {
         .set("linger.ms", "5")
         .set("queue.buffering.max.kbytes", "1048576")
         .create()?)
-}
-
-fn send(p: &BaseProducer, topic: &str, partition: i32, payload: &[u8]) -> Result<()> {
-    let mut record = BaseRecord::<(), [u8]>::to(topic)
-        .partition(partition)
-        .payload(payload);
-    loop {
-        match p.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                r,
-            )) => {
-                record = r;
-                p.poll(Duration::from_millis(5));
-            }
-            Err((e, _)) => bail!("cannot produce: {e}"),
-        }
-    }
 }
 
 /// Events of the last 30 days, `seed` chosen per stream so the live stream adds new messages.
