@@ -661,32 +661,68 @@ where
 
     /// Builds every aggregate of `aggs` from `contributions`:
     /// `(aggregate index, (profile, contribution, event time))`.
+    /// [`SharedAggregates::window`], then [`SharedAggregates::from_windowed`].
     pub fn build(
         contributions: VecCollection<'s, u64, (usize, (P, Contribution, i64)), isize>,
         aggs: &[Aggregate],
     ) -> Self {
-        use timely::dataflow::operators::vec::Partition as _;
+        let keyed = contributions.map(|(i, (p, c, e))| (p, (i, c, e)));
+        let windowed = Self::window(keyed, aggs).map(|(p, (i, c))| (i, (p, c)));
+        Self::from_windowed(windowed, aggs)
+    }
+
+    /// Applies each aggregate's window to contributions keyed by anything
+    /// (a profile, or the anchor identifier an event belongs to before it is
+    /// joined with its profile: windows commute with that join).
+    ///
+    /// `(key, (aggregate index, contribution, event time))` becomes
+    /// `(key, (aggregate index, contribution))` from `max(t, e)`, retracted at
+    /// `e + w` for an aggregate with window `w` (held until then, see
+    /// `weft_operators::future`).
+    pub fn window<K>(
+        contributions: VecCollection<'s, u64, (K, (usize, Contribution, i64)), isize>,
+        aggs: &[Aggregate],
+    ) -> VecCollection<'s, u64, (K, (usize, Contribution)), isize>
+    where
+        K: timely::ExchangeData + Ord + Clone,
+    {
         let windows: Vec<Option<u64>> = aggs.iter().map(|a| a.events.window.map(|w| w.0)).collect();
-        let parts = contributions
+        let any_window = windows.iter().any(Option::is_some);
+        let updates = contributions
             .inner
-            .flat_map(move |((i, (p, c, e)), t, r)| {
+            .flat_map(move |((k, (i, c, e)), t, r)| {
                 let (now, windowed) = match windows[i] {
-                    None => (Some(((i, (p, c)), t, r)), None),
-                    Some(w) => (None, Some(window_updates((i, (p, c)), t, r, e, w))),
+                    None => (Some(((k, (i, c)), t, r)), None),
+                    Some(w) => (None, Some(window_updates((k, (i, c)), t, r, e, w))),
                 };
                 now.into_iter().chain(windowed.into_iter().flatten())
             })
+            .as_collection();
+        if any_window {
+            updates.hold_future("HoldWindowExpiries")
+        } else {
+            updates
+        }
+    }
+
+    /// Arranges and reduces each aggregate of `aggs` from windowed
+    /// contributions `(aggregate index, (profile, contribution))`.
+    pub fn from_windowed(
+        contributions: VecCollection<'s, u64, (usize, (P, Contribution)), isize>,
+        aggs: &[Aggregate],
+    ) -> Self {
+        use timely::dataflow::operators::vec::Partition as _;
+        let parts = contributions
+            .inner
             .partition(aggs.len() as u64, |((i, d), t, r)| (i as u64, (d, t, r)));
         let entries = parts
             .into_iter()
             .zip(aggs)
             .map(|(part, agg)| {
-                let coll = part.as_collection();
-                let coll = match agg.events.window {
-                    Some(_) => coll.hold_future("HoldWindowExpiries"),
-                    None => coll,
-                };
-                (agg.clone(), arrange_contributions(coll, agg.func))
+                (
+                    agg.clone(),
+                    arrange_contributions(part.as_collection(), agg.func),
+                )
             })
             .collect();
         SharedAggregates { entries }

@@ -255,32 +255,44 @@ fn exceeds_depth(bytes: &[u8], max: usize) -> Option<usize> {
 const FIELD_COUNT: usize = 14;
 const ABSENT: u32 = u32::MAX;
 
-/// A validated Segment event: fixed-size fields plus one text buffer.
+/// A validated Segment event: its time and type, and one shared record of
+/// offsets and text.
 ///
-/// String fields are spans into `text`; nested objects (`context`,
+/// String fields are spans into the text; nested objects (`context`,
 /// `properties`, `traits`, `integrations`) are kept as their raw JSON text,
 /// parsed again only by the operators that need a particular path.
+///
+/// An `Event` is 24 bytes: dataflows hand events to several operators and
+/// arrangements, and each copy is a reference count, not a kilobyte of JSON
+/// and a hundred bytes of offsets. Equality, order and hash are those of
+/// `(time_ms, kind, record)`, field by field.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Event {
     /// Event time in milliseconds since the Unix epoch (Segment's resolved `timestamp`).
     pub time_ms: i64,
     /// The call type.
     pub kind: EventType,
+    /// Everything else, shared by every copy.
+    record: Arc<Record>,
+}
+
+/// The shared part of an [`Event`].
+#[derive(PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Record {
     /// `receivedAt` in ms, if known.
-    pub received_at_ms: Option<i64>,
+    received_at_ms: Option<i64>,
     /// `sentAt` in ms, if present.
-    pub sent_at_ms: Option<i64>,
+    sent_at_ms: Option<i64>,
     /// `originalTimestamp` in ms, if present.
-    pub original_timestamp_ms: Option<i64>,
+    original_timestamp_ms: Option<i64>,
     /// Start offsets of the fields in `text`, `ABSENT` when missing.
     starts: [u32; FIELD_COUNT],
     /// End offsets of the fields in `text`.
     ends: [u32; FIELD_COUNT],
     /// `context.externalIds` as `(type, id)` pairs, offsets into `text`.
-    external_ids: Arc<[[u32; 4]]>,
-    /// All kept text, concatenated. Shared: dataflows hand events to several
-    /// operators, and a clone must not copy a kilobyte of JSON.
-    text: Arc<str>,
+    external_ids: Box<[[u32; 4]]>,
+    /// All kept text, concatenated.
+    text: Box<str>,
 }
 
 impl fmt::Debug for Event {
@@ -300,11 +312,27 @@ impl Event {
     #[inline]
     pub fn get(&self, field: Field) -> Option<&str> {
         let i = field as usize;
-        if self.starts[i] == ABSENT {
+        let r = &*self.record;
+        if r.starts[i] == ABSENT {
             None
         } else {
-            Some(&self.text[self.starts[i] as usize..self.ends[i] as usize])
+            Some(&r.text[r.starts[i] as usize..r.ends[i] as usize])
         }
+    }
+
+    /// `receivedAt` in ms, if known.
+    pub fn received_at_ms(&self) -> Option<i64> {
+        self.record.received_at_ms
+    }
+
+    /// `sentAt` in ms, if present.
+    pub fn sent_at_ms(&self) -> Option<i64> {
+        self.record.sent_at_ms
+    }
+
+    /// `originalTimestamp` in ms, if present.
+    pub fn original_timestamp_ms(&self) -> Option<i64> {
+        self.record.original_timestamp_ms
     }
 
     /// The `messageId` (always present after parsing).
@@ -324,17 +352,21 @@ impl Event {
 
     /// `context.externalIds` as `(type, id)` pairs.
     pub fn external_ids(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.external_ids.iter().map(move |s| {
+        let r = &*self.record;
+        r.external_ids.iter().map(move |s| {
             (
-                &self.text[s[0] as usize..s[1] as usize],
-                &self.text[s[2] as usize..s[3] as usize],
+                &r.text[s[0] as usize..s[1] as usize],
+                &r.text[s[2] as usize..s[3] as usize],
             )
         })
     }
 
     /// Bytes of heap and inline memory this event occupies (approximate).
     pub fn size_bytes(&self) -> usize {
-        std::mem::size_of::<Event>() + self.text.len() + self.external_ids.len() * 16
+        std::mem::size_of::<Event>()
+            + std::mem::size_of::<Record>()
+            + self.record.text.len()
+            + self.record.external_ids.len() * 16
     }
 
     /// Writes the event as Segment JSON (the fields Weft keeps), to `out`.
@@ -361,9 +393,9 @@ impl Event {
         write_key(out, "timestamp");
         write_json_string(out, &format_iso8601(self.time_ms));
         for (v, key) in [
-            (self.original_timestamp_ms, "originalTimestamp"),
-            (self.sent_at_ms, "sentAt"),
-            (self.received_at_ms, "receivedAt"),
+            (self.original_timestamp_ms(), "originalTimestamp"),
+            (self.sent_at_ms(), "sentAt"),
+            (self.received_at_ms(), "receivedAt"),
         ] {
             if let Some(ms) = v {
                 write_key(out, key);
@@ -826,8 +858,8 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
     b.set(Field::Integrations, integrations.map(RawValue::get));
     b.set(Field::Properties, properties.map(RawValue::get));
     b.set(Field::Traits, traits.map(RawValue::get));
-    let external_ids: Arc<[[u32; 4]]> = match &wire_cx.external_ids {
-        None => Arc::new([]),
+    let external_ids: Box<[[u32; 4]]> = match &wire_cx.external_ids {
+        None => Box::new([]),
         Some(list) => list
             .iter()
             .map(|x| {
@@ -840,13 +872,15 @@ pub fn parse_event(line: &[u8], cx: &ParseContext) -> Result<Event, Rejection> {
     Ok(Event {
         time_ms,
         kind,
-        received_at_ms: received_at,
-        sent_at_ms: sent_at,
-        original_timestamp_ms: original,
-        starts: b.starts,
-        ends: b.ends,
-        external_ids,
-        text: Arc::from(b.text),
+        record: Arc::new(Record {
+            received_at_ms: received_at,
+            sent_at_ms: sent_at,
+            original_timestamp_ms: original,
+            starts: b.starts,
+            ends: b.ends,
+            external_ids,
+            text: b.text.into_boxed_str(),
+        }),
     })
 }
 

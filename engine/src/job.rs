@@ -140,18 +140,22 @@ fn build_profiles<'s>(
         aggs.extend(condition_aggregates(&cond));
     }
     let aggs = SharedAggregates::<ProfileId>::distinct(aggs);
+    // Contributions are computed and windowed once per event, at its anchor,
+    // and arranged there: a profile merge or split re-keys the (consolidated)
+    // contributions of the anchors involved, never re-reads their events.
     let shared = (!aggs.is_empty()).then(|| {
         let list = aggs.clone();
-        let contributions =
-            events_by_anchor
-                .clone()
-                .join_core(ids.profile_of.clone(), move |_h, e, p| {
-                    let p = *p;
-                    event_contributions(&list, e)
-                        .into_iter()
-                        .map(move |(i, c, time)| (i, (p, c, time)))
-                });
-        Rc::new(SharedAggregates::build(contributions, &aggs))
+        let by_anchor = ids.anchored.clone().flat_map(move |(a, e)| {
+            event_contributions(&list, &e)
+                .into_iter()
+                .map(move |(i, c, time)| (a, (i, c, time)))
+        });
+        let contributions = SharedAggregates::<ProfileId>::window(by_anchor, &aggs)
+            .arrange_by_key_named("ContributionsByAnchor")
+            .join_core(ids.profile_of.clone(), |_a, (i, c), p| {
+                Some((*i, (*p, c.clone())))
+            });
+        Rc::new(SharedAggregates::from_windowed(contributions, &aggs))
     });
     let inputs = ProfileInputs {
         profiles: profiles.clone().as_collection(|p, _| *p),
@@ -922,7 +926,7 @@ pub fn build_job(
 fn replay_clock(d: &Decoded) -> Option<u64> {
     d.as_ref()
         .ok()
-        .map(|e| e.received_at_ms.unwrap_or(e.time_ms).max(0) as u64)
+        .map(|e| e.received_at_ms().unwrap_or(e.time_ms).max(0) as u64)
 }
 
 /// A timely source operator around one worker's part of a source.

@@ -9,6 +9,7 @@
 #![forbid(missing_docs)]
 
 pub mod api;
+pub mod arrangements;
 pub mod audit;
 pub mod collect;
 pub mod definitions;

@@ -82,7 +82,58 @@ struct ProfileEntry {
     traits: BTreeMap<Box<str>, Box<str>>,
     computed: BTreeMap<String, AggValue>,
     audiences: BTreeSet<String>,
-    events: BTreeMap<EventKey, (Event, isize)>,
+    events: Events,
+}
+
+/// A profile's events, ordered by [`EventKey`]: a sorted vector of 40-byte
+/// entries (the event shares its record with the dataflow's copies), not a
+/// tree of boxed keys. Insertion moves the later entries; a profile's
+/// history is at most thousands of events.
+#[derive(Default)]
+struct Events(Vec<(Event, u64, isize)>);
+
+impl Events {
+    fn key(entry: &(Event, u64, isize)) -> (i64, &str, u64) {
+        (entry.0.time_ms, entry.0.message_id(), entry.1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds `diff` copies of `e` (removing it at a count of 0 or less).
+    fn change(&mut self, e: &Event, diff: isize) {
+        let hash = record_hash(e);
+        let key = (e.time_ms, e.message_id(), hash);
+        match self.0.binary_search_by(|x| Self::key(x).cmp(&key)) {
+            Ok(i) => {
+                self.0[i].2 += diff;
+                if self.0[i].2 <= 0 {
+                    self.0.remove(i);
+                }
+            }
+            Err(i) if diff > 0 => self.0.insert(i, (e.clone(), hash, diff)),
+            Err(_) => {}
+        }
+        if self.0.capacity() > 2 * self.0.len() + 4 {
+            self.0.shrink_to_fit();
+        }
+    }
+
+    /// The events before `before` (all without one), oldest first.
+    fn older(&self, before: Option<&EventKey>) -> &[(Event, u64, isize)] {
+        match before {
+            None => &self.0,
+            Some(b) => {
+                let b = (b.0, &*b.1, b.2);
+                &self.0[..self.0.partition_point(|x| Self::key(x) < b)]
+            }
+        }
+    }
 }
 
 impl ProfileEntry {
@@ -160,14 +211,15 @@ pub enum Lookup {
     BadCursor,
 }
 
-fn event_key(e: &Event) -> EventKey {
+/// The hash of the whole record, telling apart events that share a messageId.
+fn record_hash(e: &Event) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     e.hash(&mut h);
-    (e.time_ms, e.message_id().into(), h.finish())
+    h.finish()
 }
 
-fn cursor(k: &EventKey) -> String {
-    format!("{}:{:x}:{}", k.0, k.2, k.1)
+fn cursor(entry: &(Event, u64, isize)) -> String {
+    format!("{}:{:x}:{}", entry.0.time_ms, entry.1, entry.0.message_id())
 }
 
 fn parse_cursor(s: &str) -> Option<EventKey> {
@@ -284,14 +336,9 @@ impl IndexState {
                 p
             }
             IndexUpdate::Event(p, e) => {
-                let key = event_key(e);
                 let events = &mut self.entry(*p).events;
                 let before = events.len();
-                let slot = events.entry(key.clone()).or_insert_with(|| (e.clone(), 0));
-                slot.1 += diff;
-                if slot.1 <= 0 {
-                    events.remove(&key);
-                }
+                events.change(e, diff);
                 let after = events.len();
                 self.events = (self.events + after).saturating_sub(before);
                 p
@@ -360,23 +407,20 @@ fn render(
         write_json_string(&mut out, a);
     }
     out.extend_from_slice(b"],\"events\":[");
-    let older = match &before {
-        Some(b) => entry.events.range(..b.clone()),
-        None => entry.events.range(..),
-    };
-    let mut last = None;
-    for (i, (k, (e, _))) in older.rev().take(limit).enumerate() {
+    let older = entry.events.older(before.as_ref());
+    let shown = older.len().min(limit);
+    for (i, (e, _, _)) in older.iter().rev().take(shown).enumerate() {
         if i > 0 {
             out.push(b',');
         }
         e.write_json(&mut out);
-        last = Some(k);
     }
-    let more = last.is_some_and(|k| entry.events.range(..k.clone()).next().is_some());
+    // More remain when the page stopped before the oldest event.
+    let last = (shown > 0 && shown < older.len()).then(|| &older[older.len() - shown]);
     out.extend_from_slice(b"],\"events_total\":");
     out.extend_from_slice(entry.events.len().to_string().as_bytes());
     out.extend_from_slice(b",\"events_next\":");
-    match last.filter(|_| more) {
+    match last {
         Some(k) => write_json_string(&mut out, &cursor(k)),
         None => out.extend_from_slice(b"null"),
     }

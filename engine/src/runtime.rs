@@ -684,6 +684,10 @@ impl JobReport {
     }
 }
 
+/// Merge effort (updates' worth) an idle arrangement spends per scheduling
+/// until it is compact (see [`differential_dataflow::Config`]).
+const IDLE_MERGE_EFFORT: isize = 1000;
+
 /// Settings of a cluster process.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -790,11 +794,20 @@ impl Cluster {
         });
         let rx = Arc::new(Mutex::new(Some(rx)));
         let worker_shared = shared.clone();
+        // Idle arrangements keep merging until compact: a trace that stops
+        // receiving batches would otherwise hold every time's updates apart
+        // (value histories of aggregates, audiences, components) forever.
+        let mut worker = timely::WorkerConfig::default();
+        differential_dataflow::configure(
+            &mut worker,
+            &differential_dataflow::Config::default().idle_merge_effort(Some(IDLE_MERGE_EFFORT)),
+        );
         let timely_config = timely::Config {
             communication,
-            worker: timely::WorkerConfig::default(),
+            worker,
         };
         let guards = timely::execute(timely_config, move |worker| {
+            crate::arrangements::install(worker);
             let commands = if worker.index() == 0 {
                 rx.lock().expect("receiver lock").take()
             } else {

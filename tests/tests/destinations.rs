@@ -397,7 +397,7 @@ fn destinations_hold_the_file_sinks_net_output_and_forget_a_deleted_person() {
         .collect();
     let last_received = events
         .iter()
-        .map(|e| e.received_at_ms.unwrap_or(e.time_ms))
+        .map(|e| e.received_at_ms().unwrap_or(e.time_ms))
         .max()
         .unwrap();
     // The person: a user with several events; their identifiers as the

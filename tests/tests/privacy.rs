@@ -119,7 +119,7 @@ fn a_deletion_equals_never_having_seen_the_person() {
         .collect();
     let last_received = events
         .iter()
-        .map(|(_, e)| e.received_at_ms.unwrap_or(e.time_ms))
+        .map(|(_, e)| e.received_at_ms().unwrap_or(e.time_ms))
         .max()
         .unwrap();
     // The person: the user of the 5th identify call.

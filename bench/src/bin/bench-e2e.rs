@@ -121,6 +121,10 @@ struct Args {
     /// Skip the COST baseline and the check.
     #[arg(long)]
     no_cost: bool,
+    /// Record and print the updates each arrangement holds once caught up
+    /// (timely's event log costs a few percent of throughput).
+    #[arg(long)]
+    arrangement_sizes: bool,
     /// Brokers [default: $KAFKA_BROKERS].
     #[arg(long)]
     brokers: Option<String>,
@@ -435,6 +439,8 @@ struct Throughput {
     /// Live heap 2 s after the sinks caught up (the job idle): the state the
     /// job retains, without the in-flight batches of the backlog.
     retained_heap: i64,
+    /// The arrangements' sizes at the same moment (when recorded).
+    arrangements: Vec<weft_engine::arrangements::ArrangementSize>,
     report: JobReport,
 }
 
@@ -478,10 +484,12 @@ fn throughput(cluster: &Cluster, spec: &JobSpec, expected: u64) -> Result<(JobId
     let (peak_heap, peak_rss_kb) = sampler.finish();
     std::thread::sleep(Duration::from_secs(2));
     let retained_heap = live_heap();
+    let arrangements = weft_engine::arrangements::snapshot();
     Ok((
         id,
         Throughput {
             retained_heap,
+            arrangements,
             secs,
             cpu,
             t: frontier - 1,
@@ -873,6 +881,9 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
 
     // PHASE 2. Weft: the job over the whole topic.
     let spec = write_spec(dir, brokers, topic, &args.dedupe_window, &args.tick)?;
+    if args.arrangement_sizes {
+        weft_engine::arrangements::record();
+    }
     let cluster = Cluster::start(ClusterConfig::single(args.workers))?;
     let (id, tp) = throughput(&cluster, &spec, events)?;
     let rate = events as f64 / tp.secs;
@@ -981,6 +992,31 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
             heap / p as f64,
             rss / p as f64
         );
+    }
+    if !tp.arrangements.is_empty() {
+        let total: i64 = tp.arrangements.iter().map(|a| a.records).sum();
+        let per = |n: i64| match profiles.filter(|p| *p > 0) {
+            Some(p) => format!("{:.1} per profile", n as f64 / p as f64),
+            None => String::new(),
+        };
+        println!(
+            "  arrangements: {total} updates held ({}), largest:",
+            per(total)
+        );
+        for a in tp.arrangements.iter().take(15) {
+            println!(
+                "    {:>10} {:<40} ({} operators{}) {}",
+                a.records,
+                a.name,
+                a.operators,
+                if a.batcher_records != 0 {
+                    format!(", {} in batchers", a.batcher_records)
+                } else {
+                    String::new()
+                },
+                per(a.records)
+            );
+        }
     }
     if let Some(c) = &cost_run {
         println!(

@@ -259,9 +259,9 @@ impl LakeColumns<Event> for EventColumns {
         }
         self.timestamp.append_value(e.time_ms);
         self.original_timestamp
-            .append_option(e.original_timestamp_ms);
-        self.sent_at.append_option(e.sent_at_ms);
-        self.received_at.append_option(e.received_at_ms);
+            .append_option(e.original_timestamp_ms());
+        self.sent_at.append_option(e.sent_at_ms());
+        self.received_at.append_option(e.received_at_ms());
         for (b, (field, _)) in self.json.iter_mut().zip(EVENT_JSON) {
             b.append_option(e.get(field));
         }

@@ -117,13 +117,13 @@ fn common_row(e: &Event, time: u64, batch: &mut Batch) -> Row {
     push_field(&mut row, e, Field::AnonymousId, "anonymous_id");
     push_field(&mut row, e, Field::UserId, "user_id");
     let received = e
-        .received_at_ms
+        .received_at_ms()
         .unwrap_or_else(|| i64::try_from(time).unwrap_or(i64::MAX));
     row.push((ColName::Static("received_at"), Val::millis(received)));
-    if let Some(ms) = e.sent_at_ms {
+    if let Some(ms) = e.sent_at_ms() {
         row.push((ColName::Static("sent_at"), Val::millis(ms)));
     }
-    if let Some(ms) = e.original_timestamp_ms {
+    if let Some(ms) = e.original_timestamp_ms() {
         row.push((ColName::Static("original_timestamp"), Val::millis(ms)));
     }
     row.push((ColName::Static("timestamp"), Val::millis(e.time_ms)));
