@@ -361,6 +361,90 @@ impl Event {
         })
     }
 
+    /// The record (everything but time and type) as bytes, for
+    /// [`crate::stored::StoredEvent`]: `from_record_bytes` rebuilds the same event.
+    pub fn record_bytes(&self) -> Vec<u8> {
+        let r = &*self.record;
+        let mut out =
+            Vec::with_capacity(27 + 8 * FIELD_COUNT + 4 + 16 * r.external_ids.len() + r.text.len());
+        for t in [r.received_at_ms, r.sent_at_ms, r.original_timestamp_ms] {
+            out.push(u8::from(t.is_some()));
+            out.extend_from_slice(&t.unwrap_or(0).to_le_bytes());
+        }
+        for x in r.starts.iter().chain(r.ends.iter()) {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.extend_from_slice(&(r.external_ids.len() as u32).to_le_bytes());
+        for x in r.external_ids.iter().flatten() {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.extend_from_slice(r.text.as_bytes());
+        out
+    }
+
+    /// The event of `time_ms`, `kind` and a record from [`Event::record_bytes`].
+    pub fn from_record_bytes(time_ms: i64, kind: EventType, bytes: &[u8]) -> Result<Event, String> {
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Result<&[u8], String> {
+            let s = bytes
+                .get(at..at + n)
+                .ok_or_else(|| format!("record truncated at byte {at}"))?;
+            at += n;
+            Ok(s)
+        };
+        let mut times = [None; 3];
+        for t in &mut times {
+            let flag = take(1)?[0];
+            let v = i64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+            *t = (flag == 1).then_some(v);
+        }
+        let mut u32s = |n: usize| -> Result<Vec<u32>, String> {
+            (0..n)
+                .map(|_| take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))))
+                .collect()
+        };
+        let offsets = u32s(2 * FIELD_COUNT)?;
+        let n = u32s(1)?[0] as usize;
+        let ids = u32s(4 * n)?;
+        let text = std::str::from_utf8(&bytes[at..]).map_err(|e| format!("record text: {e}"))?;
+        let mut starts = [ABSENT; FIELD_COUNT];
+        let mut ends = [0; FIELD_COUNT];
+        starts.copy_from_slice(&offsets[..FIELD_COUNT]);
+        ends.copy_from_slice(&offsets[FIELD_COUNT..]);
+        for i in 0..FIELD_COUNT {
+            let in_text = |x: u32| x as usize <= text.len() && text.is_char_boundary(x as usize);
+            if starts[i] != ABSENT
+                && !(starts[i] <= ends[i] && in_text(starts[i]) && in_text(ends[i]))
+            {
+                return Err(format!("field {i} is out of the record's text"));
+            }
+        }
+        let external_ids: Box<[[u32; 4]]> = ids
+            .chunks_exact(4)
+            .map(|c| [c[0], c[1], c[2], c[3]])
+            .collect();
+        if external_ids
+            .iter()
+            .flatten()
+            .any(|&x| x as usize > text.len() || !text.is_char_boundary(x as usize))
+        {
+            return Err("an external id is out of the record's text".into());
+        }
+        Ok(Event {
+            time_ms,
+            kind,
+            record: Arc::new(Record {
+                received_at_ms: times[0],
+                sent_at_ms: times[1],
+                original_timestamp_ms: times[2],
+                starts,
+                ends,
+                external_ids,
+                text: text.into(),
+            }),
+        })
+    }
+
     /// Bytes of heap and inline memory this event occupies (approximate).
     pub fn size_bytes(&self) -> usize {
         std::mem::size_of::<Event>()

@@ -5,6 +5,7 @@
 //! - [`record`]: records that travel between dataflows and sinks (errors, counts)
 //!   and their JSON encodings;
 //! - [`ingest`]: the first job dataflow: validated / rejected split and counts.
+//! - [`stored`]: events at rest, compressed (the state that keeps events);
 //! - [`identity`]: identity resolution: identifiers → profiles under rules, merges, splits, traits.
 //!
 //! This crate has no I/O beyond reading a spec file, and never links librdkafka.
@@ -19,3 +20,4 @@ pub mod privacy;
 pub mod query;
 pub mod record;
 pub mod spec;
+pub mod stored;

@@ -61,8 +61,8 @@ use timely::dataflow::Stream;
 use timely::progress::frontier::AntichainRef;
 use timely::scheduling::Activator;
 use weft_dataflows::audience::{AggValue, MembersTrace, ValuesTrace};
-use weft_dataflows::event::Event;
 use weft_dataflows::identity::{HashTrace, ProfileId};
+use weft_dataflows::stored::StoredEvent;
 
 use crate::definitions::{Definition, DefinitionKind};
 
@@ -95,8 +95,8 @@ pub type ProfilesTrace = TraceAgent<KeySpine<ProfileId, u64, isize>>;
 /// The arrangements a job's core dataflow exports to runtime definitions
 /// (this worker's part), and the outputs of its definitions.
 pub struct Exports {
-    /// Events by anchor identifier.
-    pub events_by_anchor: HashTrace<Event>,
+    /// Events by anchor identifier (at rest, compressed).
+    pub events_by_anchor: HashTrace<StoredEvent>,
     /// Identifier → profile.
     pub profile_of: HashTrace<ProfileId>,
     /// Profile → (trait key, value JSON).
@@ -113,7 +113,7 @@ pub struct Exports {
 impl Exports {
     /// The core's arrangements, with no definitions yet.
     pub fn new(
-        events_by_anchor: HashTrace<Event>,
+        events_by_anchor: HashTrace<StoredEvent>,
         profile_of: HashTrace<ProfileId>,
         traits: HashTrace<(Box<str>, Box<str>)>,
         profiles: ProfilesTrace,

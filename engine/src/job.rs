@@ -57,6 +57,7 @@ use weft_dataflows::spec::{
     DedupeSpec, JobSpec, LatePolicySpec, OutputName, SinkFormat, SinkSpec, SourceSpec,
 };
 use weft_dataflows::spec::{LakeSinkSpec, PostgresSinkSpec, WebhookSinkSpec};
+use weft_dataflows::stored::StoredEvent;
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
 use weft_operators::dedupe::{DedupeConfig, LatePolicy};
 use weft_operators::reclock::Reclock;
@@ -112,7 +113,12 @@ fn build_profiles<'s>(
     // STEP 1. The shared arrangements: events by anchor and the set of profiles
     // (with identity's id → profile and traits, exported to runtime definitions).
     // Each event belongs to the profile of its anchor identifier (userId, else anonymousId, ...).
-    let events_by_anchor = ids.anchored.clone().arrange_by_key_named("EventsByAnchor");
+    // Events at rest are compressed (see `weft_dataflows::stored`).
+    let events_by_anchor = ids
+        .anchored
+        .clone()
+        .map(|(a, e)| (a, StoredEvent::store(&e)))
+        .arrange_by_key_named("EventsByAnchor");
     let profile_events = events_by_anchor
         .clone()
         .join_core(ids.profile_of.clone(), |_h, e, p| Some((*p, e.clone())));
@@ -157,9 +163,11 @@ fn build_profiles<'s>(
             });
         Rc::new(SharedAggregates::from_windowed(contributions, &aggs))
     });
+    // Every spec aggregate is in `shared`: the compilation never reads
+    // events (runtime definitions load them from `events_by_anchor`).
     let inputs = ProfileInputs {
         profiles: profiles.clone().as_collection(|p, _| *p),
-        events: profile_events.clone(),
+        events: empty(profiles.stream.scope()),
         traits: ids
             .traits
             .clone()
@@ -279,7 +287,7 @@ fn maintain_profile_index<'s>(
     ids: &IdentityOutputs<'s>,
     members: VecCollection<'s, u64, (ProfileId, (String, String)), isize>,
     computed: VecCollection<'s, u64, (ProfileId, (String, AggValue)), isize>,
-    events: VecCollection<'s, u64, (ProfileId, Event), isize>,
+    events: VecCollection<'s, u64, (ProfileId, StoredEvent), isize>,
     index: Option<Arc<ProfileIndex>>,
     done: Rc<Cell<usize>>,
 ) {

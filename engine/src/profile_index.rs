@@ -32,9 +32,10 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 use weft_dataflows::audience::AggValue;
-use weft_dataflows::event::{write_json_string, Event};
+use weft_dataflows::event::write_json_string;
 use weft_dataflows::identity::{id_hash, IdHash, Identifier, ProfileId};
 use weft_dataflows::record::WriteJson;
+use weft_dataflows::stored::StoredEvent;
 
 /// One change to the index, keyed by the profile it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -48,7 +49,7 @@ pub enum IndexUpdate {
     /// Membership of an audience (by name).
     Audience(ProfileId, String),
     /// One of the profile's events.
-    Event(ProfileId, Event),
+    Event(ProfileId, StoredEvent),
 }
 
 /// Hashes of identifiers and profiles are already uniform: use their low bits.
@@ -71,10 +72,14 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = HashMap<IdHash, V, BuildHasherDefault<IdHasher>>;
 
-/// An event's place in a profile's history: event time, messageId, and a
-/// hash of the whole record (two different events may share a messageId; an
-/// identical copy, possible only without dedupe, is listed once).
-type EventKey = (i64, Box<str>, u64);
+/// An event's place in a profile's history: event time, messageId, and the
+/// fingerprint of the whole record (two different events may share a
+/// messageId; an identical copy, possible only without dedupe, is listed once).
+type EventKey = (i64, Box<str>, u128);
+
+fn event_key(e: &StoredEvent) -> (i64, &str, u128) {
+    (e.time_ms, e.message_id(), e.fingerprint())
+}
 
 #[derive(Default)]
 struct ProfileEntry {
@@ -85,18 +90,15 @@ struct ProfileEntry {
     events: Events,
 }
 
-/// A profile's events, ordered by [`EventKey`]: a sorted vector of 40-byte
-/// entries (the event shares its record with the dataflow's copies), not a
-/// tree of boxed keys. Insertion moves the later entries; a profile's
-/// history is at most thousands of events.
+/// A profile's events in [`EventKey`] order (event time, messageId,
+/// fingerprint): a sorted vector of compressed events shared with the
+/// dataflow's events-by-anchor arrangement, not a tree of boxed keys.
+/// Insertion moves the later entries; a profile's history is at most
+/// thousands of events.
 #[derive(Default)]
-struct Events(Vec<(Event, u64, isize)>);
+struct Events(Vec<(StoredEvent, isize)>);
 
 impl Events {
-    fn key(entry: &(Event, u64, isize)) -> (i64, &str, u64) {
-        (entry.0.time_ms, entry.0.message_id(), entry.1)
-    }
-
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -106,17 +108,19 @@ impl Events {
     }
 
     /// Adds `diff` copies of `e` (removing it at a count of 0 or less).
-    fn change(&mut self, e: &Event, diff: isize) {
-        let hash = record_hash(e);
-        let key = (e.time_ms, e.message_id(), hash);
-        match self.0.binary_search_by(|x| Self::key(x).cmp(&key)) {
+    fn change(&mut self, e: &StoredEvent, diff: isize) {
+        let key = event_key(e);
+        match self
+            .0
+            .binary_search_by(|x| event_key(&x.0).cmp(&key).then(x.0.kind.cmp(&e.kind)))
+        {
             Ok(i) => {
-                self.0[i].2 += diff;
-                if self.0[i].2 <= 0 {
+                self.0[i].1 += diff;
+                if self.0[i].1 <= 0 {
                     self.0.remove(i);
                 }
             }
-            Err(i) if diff > 0 => self.0.insert(i, (e.clone(), hash, diff)),
+            Err(i) if diff > 0 => self.0.insert(i, (e.clone(), diff)),
             Err(_) => {}
         }
         if self.0.capacity() > 2 * self.0.len() + 4 {
@@ -125,12 +129,12 @@ impl Events {
     }
 
     /// The events before `before` (all without one), oldest first.
-    fn older(&self, before: Option<&EventKey>) -> &[(Event, u64, isize)] {
+    fn older(&self, before: Option<&EventKey>) -> &[(StoredEvent, isize)] {
         match before {
             None => &self.0,
             Some(b) => {
                 let b = (b.0, &*b.1, b.2);
-                &self.0[..self.0.partition_point(|x| Self::key(x) < b)]
+                &self.0[..self.0.partition_point(|(e, _)| event_key(e) < b)]
             }
         }
     }
@@ -211,21 +215,14 @@ pub enum Lookup {
     BadCursor,
 }
 
-/// The hash of the whole record, telling apart events that share a messageId.
-fn record_hash(e: &Event) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    e.hash(&mut h);
-    h.finish()
-}
-
-fn cursor(entry: &(Event, u64, isize)) -> String {
-    format!("{}:{:x}:{}", entry.0.time_ms, entry.1, entry.0.message_id())
+fn cursor(e: &StoredEvent) -> String {
+    format!("{}:{:x}:{}", e.time_ms, e.fingerprint(), e.message_id())
 }
 
 fn parse_cursor(s: &str) -> Option<EventKey> {
     let mut parts = s.splitn(3, ':');
     let time = parts.next()?.parse().ok()?;
-    let hash = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let hash = u128::from_str_radix(parts.next()?, 16).ok()?;
     Some((time, parts.next()?.into(), hash))
 }
 
@@ -409,11 +406,11 @@ fn render(
     out.extend_from_slice(b"],\"events\":[");
     let older = entry.events.older(before.as_ref());
     let shown = older.len().min(limit);
-    for (i, (e, _, _)) in older.iter().rev().take(shown).enumerate() {
+    for (i, (e, _)) in older.iter().rev().take(shown).enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        e.write_json(&mut out);
+        e.load().write_json(&mut out);
     }
     // More remain when the page stopped before the oldest event.
     let last = (shown > 0 && shown < older.len()).then(|| &older[older.len() - shown]);
@@ -421,7 +418,7 @@ fn render(
     out.extend_from_slice(entry.events.len().to_string().as_bytes());
     out.extend_from_slice(b",\"events_next\":");
     match last {
-        Some(k) => write_json_string(&mut out, &cursor(k)),
+        Some((e, _)) => write_json_string(&mut out, &cursor(e)),
         None => out.extend_from_slice(b"null"),
     }
     out.push(b'}');
@@ -431,7 +428,7 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_dataflows::event::{parse_event, ParseContext};
+    use weft_dataflows::event::{parse_event, Event, ParseContext};
 
     fn ev(id: &str, ts: &str) -> Event {
         let line =
@@ -470,7 +467,11 @@ mod tests {
             (IndexUpdate::Audience(p, "fans".into()), 1),
             (IndexUpdate::Computed(p, "n".into(), AggValue::Num(5.0)), 1),
         ];
-        updates.extend(events.iter().map(|e| (IndexUpdate::Event(p, e.clone()), 1)));
+        updates.extend(
+            events
+                .iter()
+                .map(|e| (IndexUpdate::Event(p, StoredEvent::store(e)), 1)),
+        );
         index.apply(10, &updates);
         let v = json(index.lookup("user_id", "u1", &page));
         assert_eq!(v["as_of"], 10);
@@ -546,7 +547,7 @@ mod tests {
         gone.extend(
             events
                 .iter()
-                .map(|e| (IndexUpdate::Event(p, e.clone()), -1)),
+                .map(|e| (IndexUpdate::Event(p, StoredEvent::store(e)), -1)),
         );
         index.apply(40, &gone);
         index.advance(&[]);

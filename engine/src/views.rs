@@ -50,10 +50,10 @@ use weft_dataflows::audience::{
     arrange_aggregate, arrange_audience, AggValue, Members, MembersTrace, ProfileInputs,
     TraitValues, ValuesTrace,
 };
-use weft_dataflows::event::Event;
 use weft_dataflows::identity::{HashTrace, ProfileId};
 use weft_dataflows::query::{parse_audience, parse_computed_trait, Aggregate, Condition};
 use weft_dataflows::spec::JobSpec;
+use weft_dataflows::stored::StoredEvent;
 
 use crate::definitions::{self, Catalog, Definition, DefinitionError, Origin};
 use crate::hub::{capture, Exports, Hub, ProfilesTrace, Row};
@@ -392,7 +392,7 @@ enum Parsed {
 
 /// The traces a definition's dataflow imports.
 struct Imports {
-    events_by_anchor: HashTrace<Event>,
+    events_by_anchor: HashTrace<StoredEvent>,
     profile_of: HashTrace<ProfileId>,
     traits: HashTrace<(Box<str>, Box<str>)>,
     profiles: ProfilesTrace,
@@ -538,7 +538,7 @@ fn build_definition<'s>(
     let (profiles, _) = imports.profiles.import_frontier(scope, "Import:Profiles");
     let inputs = ProfileInputs {
         profiles: profiles.as_collection(|p, _| *p),
-        events: anchored.join_core(profile_of, |_h, e, p| Some((*p, e.clone()))),
+        events: anchored.join_core(profile_of, |_h, e, p| Some((*p, e.load()))),
         traits: traits.as_collection(|p, (k, v)| (*p, (k.to_string(), v.to_string()))),
         shared: None,
     };
