@@ -685,7 +685,8 @@ impl JobReport {
 }
 
 /// Merge effort (updates' worth) an idle arrangement spends per scheduling
-/// until it is compact (see [`differential_dataflow::Config`]).
+/// until it is compact (see [`differential_dataflow::Config`]);
+/// `WEFT_IDLE_MERGE_EFFORT` overrides it (0: no idle merging).
 const IDLE_MERGE_EFFORT: isize = 1000;
 
 /// Settings of a cluster process.
@@ -798,9 +799,14 @@ impl Cluster {
         // receiving batches would otherwise hold every time's updates apart
         // (value histories of aggregates, audiences, components) forever.
         let mut worker = timely::WorkerConfig::default();
+        let effort = std::env::var("WEFT_IDLE_MERGE_EFFORT")
+            .ok()
+            .and_then(|v| v.parse::<isize>().ok())
+            .unwrap_or(IDLE_MERGE_EFFORT);
         differential_dataflow::configure(
             &mut worker,
-            &differential_dataflow::Config::default().idle_merge_effort(Some(IDLE_MERGE_EFFORT)),
+            &differential_dataflow::Config::default()
+                .idle_merge_effort((effort > 0).then_some(effort)),
         );
         let timely_config = timely::Config {
             communication,
