@@ -18,6 +18,12 @@ use weft_engine::api::{serve, ApiConfig};
 use weft_engine::run::{run, summary, validate, RunOptions};
 use weft_engine::runtime::{Cluster, ClusterConfig};
 
+/// jemalloc: timely moves buffers between worker threads, and glibc's malloc
+/// pays for every cross-thread free (about 15% of the end-to-end benchmark's
+/// CPU, see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The control API address `weft serve` listens on, and clients call, by default.
 const DEFAULT_HTTP: &str = "127.0.0.1:7070";
 

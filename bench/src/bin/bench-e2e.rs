@@ -32,8 +32,8 @@
 //!    is measured, not a bounded one: a bounded job ends by advancing to the
 //!    end of time, which also plays out every window expiry of the next 90
 //!    days. Peak memory is sampled every 50 ms during this phase: the Rust
-//!    live heap (a counting allocator; librdkafka's buffers are not in it)
-//!    and VmRSS (peak reset through `/proc/self/clear_refs` first). The peak
+//!    live heap (jemalloc's allocated bytes: the `weft` binary's allocator;
+//!    librdkafka's buffers are not in it) and VmRSS (peak reset through `/proc/self/clear_refs` first). The peak
 //!    includes the backlog's batches in flight; the **retained** heap, 2 s
 //!    after the sinks caught up with the job idle, is the state the job
 //!    holds: memory per profile = retained live heap growth / profiles;
@@ -60,7 +60,6 @@
 //!
 //! Topics and state are removed at the end.
 
-use std::alloc::System;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,7 +73,6 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
-use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use weft_bench::cost::{Cost, CostOutput, CostValue, AUDIENCES, TRAITS};
 use weft_bench::gen::{GenConfig, Generator};
 use weft_bench::kafka::send;
@@ -82,8 +80,10 @@ use weft_connectors::kafka::admin;
 use weft_dataflows::spec::JobSpec;
 use weft_engine::runtime::{Cluster, ClusterConfig, JobId, JobReport, JobStatus};
 
+/// The `weft` binary's allocator; the live heap is jemalloc's count of
+/// allocated bytes (`stats.allocated`: live allocations, in size classes).
 #[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(
@@ -300,13 +300,14 @@ fn ceiling(brokers: &str, topic: &str, expected: u64) -> Result<(f64, f64, Ends)
 // ---------------------------------------------------------------------------
 // Memory.
 
-/// Bytes allocated and not yet freed through the global allocator.
-/// Live heap bytes. (stats_alloc already adds a realloc's growth to
-/// `bytes_allocated` and its shrinkage to `bytes_deallocated`;
-/// `bytes_reallocated` is the same amount again and must not be added.)
+/// Bytes allocated and not yet freed (jemalloc's `stats.allocated`, read
+/// after advancing its statistics epoch).
 fn live_heap() -> i64 {
-    let s = GLOBAL.stats();
-    s.bytes_allocated as i64 - s.bytes_deallocated as i64
+    use tikv_jemalloc_ctl::{epoch, stats};
+    if epoch::advance().is_err() {
+        return 0;
+    }
+    stats::allocated::read().map_or(0, |b| b as i64)
 }
 
 fn status_kb(key: &str) -> u64 {
