@@ -63,6 +63,7 @@ use weft_operators::gate::Gate;
 
 use crate::event::{parse_iso8601_ms, Event};
 use crate::identity::{IdHash, Identifier, IdentityOutputs, IdentityRules};
+use crate::stored::StoredEvent;
 
 /// What a regulation asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -269,15 +270,20 @@ pub fn apply_rules<'s>(
                 output.push((max, 1));
             }
         });
+    // Kept compressed (see `crate::stored`); `load` gives back the very
+    // event admitted, so the retraction cancels it.
     let anchored = admitted
         .clone()
         .inner
-        .flat_map(|((ids, e), t, r)| ids.first().map(|a| ((*a, (t, e)), t, r)))
+        .flat_map(|((ids, e), t, r)| {
+            ids.first()
+                .map(|a| ((*a, (t, StoredEvent::store(&e))), t, r))
+        })
         .as_collection()
         .arrange_by_key_named("PrivacyEventsByAnchor");
     let removed = anchored.join_core(
         upto.arrange_by_key_named("PrivacyDeletes"),
-        |_a, (arrived, e), upto| (*arrived <= *upto).then(|| e.clone()),
+        |_a, (arrived, e), upto| (*arrived <= *upto).then(|| e.load()),
     );
     admitted.map(|(_, e)| e).concat(removed.negate())
 }
