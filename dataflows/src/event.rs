@@ -445,14 +445,6 @@ impl Event {
         })
     }
 
-    /// Bytes of heap and inline memory this event occupies (approximate).
-    pub fn size_bytes(&self) -> usize {
-        std::mem::size_of::<Event>()
-            + std::mem::size_of::<Record>()
-            + self.record.text.len()
-            + self.record.external_ids.len() * 16
-    }
-
     /// Writes the event as Segment JSON (the fields Weft keeps), to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"type\":\"");

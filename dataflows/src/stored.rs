@@ -59,7 +59,7 @@ pub struct StoredEvent {
     /// The call type.
     pub kind: EventType,
     fingerprint: u128,
-    /// `[messageId length][messageId][codec][payload]`.
+    /// `[messageId length: u16 LE][messageId][codec][length][payload]`.
     body: Arc<[u8]>,
 }
 
@@ -68,10 +68,10 @@ impl StoredEvent {
     pub fn store(e: &Event) -> StoredEvent {
         let plain = e.record_bytes();
         let fingerprint = xxhash_rust::xxh3::xxh3_128(&plain);
+        // A messageId is at most 100 characters (validated), 400 bytes.
         let id = e.message_id().as_bytes();
-        let id = &id[..id.len().min(255)];
-        let mut body = Vec::with_capacity(id.len() + 1 + plain.len() / 3 + 16);
-        body.push(id.len() as u8);
+        let mut body = Vec::with_capacity(id.len() + 2 + plain.len() / 3 + 16);
+        body.extend_from_slice(&(id.len() as u16).to_le_bytes());
         body.extend_from_slice(id);
         compress(&plain, &mut body);
         StoredEvent {
@@ -84,25 +84,18 @@ impl StoredEvent {
 
     /// The event, exactly as stored.
     pub fn load(&self) -> Event {
-        let start = 1 + self.body[0] as usize;
-        let plain = decompress(&self.body[start..]);
+        let plain = decompress(&self.body[2 + self.id_len()..]);
         Event::from_record_bytes(self.time_ms, self.kind, &plain)
             .expect("a stored record decodes (it was encoded by this build)")
     }
 
-    /// The `messageId` (at most 255 bytes of it).
+    /// The `messageId`.
     pub fn message_id(&self) -> &str {
-        let n = self.body[0] as usize;
-        // Cut at a byte boundary of a UTF-8 string: fall back to the valid prefix.
-        match std::str::from_utf8(&self.body[1..1 + n]) {
-            Ok(s) => s,
-            Err(e) => std::str::from_utf8(&self.body[1..1 + e.valid_up_to()]).unwrap_or(""),
-        }
+        std::str::from_utf8(&self.body[2..2 + self.id_len()]).expect("stored from a str")
     }
 
-    /// Bytes this event occupies at rest (inline and body).
-    pub fn size_bytes(&self) -> usize {
-        std::mem::size_of::<StoredEvent>() + self.body.len() + 16
+    fn id_len(&self) -> usize {
+        u16::from_le_bytes([self.body[0], self.body[1]]) as usize
     }
 
     /// The xxh3-128 of the record: with the time, what tells events apart.
@@ -344,7 +337,7 @@ mod tests {
         assert!(dictionary().is_some(), "the dictionary is trained");
         for (e, early) in &early {
             let late = StoredEvent::store(e);
-            assert_eq!(late.body[1 + late.body[0] as usize], ZSTD_DICT);
+            assert_eq!(late.body[2 + late.id_len()], ZSTD_DICT);
             assert_eq!(&late.load(), e);
             assert_eq!(&late, early, "equal whichever codec stored them");
             assert_eq!(late.cmp(early), Ordering::Equal);

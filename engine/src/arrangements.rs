@@ -22,7 +22,7 @@
 //!
 //! [`Cluster::start`]: crate::runtime::Cluster::start
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -54,7 +54,7 @@ struct Totals {
 }
 
 /// Per (worker, operator id) totals of this process.
-static SIZES: Mutex<Option<HashMap<(usize, usize), Totals>>> = Mutex::new(None);
+static SIZES: Mutex<BTreeMap<(usize, usize), Totals>> = Mutex::new(BTreeMap::new());
 
 /// The sizes of the arrangements of one operator name, summed over workers
 /// and over the operators sharing the name.
@@ -76,7 +76,7 @@ pub struct ArrangementSize {
 pub fn snapshot() -> Vec<ArrangementSize> {
     let guard = SIZES.lock().expect("arrangement sizes lock");
     let mut by_name: BTreeMap<&str, ArrangementSize> = BTreeMap::new();
-    for t in guard.iter().flat_map(|m| m.values()) {
+    for t in guard.values() {
         if t.records == 0 && t.batcher_records == 0 {
             continue;
         }
@@ -108,10 +108,6 @@ pub fn install(worker: &mut Worker) {
     let Some(mut registry) = worker.log_register() else {
         return;
     };
-    SIZES
-        .lock()
-        .expect("arrangement sizes lock")
-        .get_or_insert_with(HashMap::new);
     registry.insert::<TimelyEventBuilder, _>(
         "timely",
         move |_time: &Duration, data: &mut Option<Vec<(Duration, TimelyEvent)>>| {
@@ -125,8 +121,7 @@ pub fn install(worker: &mut Worker) {
             if names.is_empty() {
                 return;
             }
-            let mut guard = SIZES.lock().expect("arrangement sizes lock");
-            let map = guard.get_or_insert_with(HashMap::new);
+            let mut map = SIZES.lock().expect("arrangement sizes lock");
             for (id, name) in names {
                 map.entry((index, id)).or_default().name = name;
             }
@@ -136,17 +131,16 @@ pub fn install(worker: &mut Worker) {
         "differential/arrange",
         move |_time: &Duration, data: &mut Option<Vec<(Duration, DifferentialEvent)>>| {
             let Some(events) = data else { return };
-            let mut guard = SIZES.lock().expect("arrangement sizes lock");
-            let map = guard.get_or_insert_with(HashMap::new);
+            let mut map = SIZES.lock().expect("arrangement sizes lock");
             for (_, e) in events.iter() {
-                apply(map, index, e);
+                apply(&mut map, index, e);
             }
         },
     );
 }
 
 /// Applies one differential event to the totals.
-fn apply(map: &mut HashMap<(usize, usize), Totals>, worker: usize, e: &DifferentialEvent) {
+fn apply(map: &mut BTreeMap<(usize, usize), Totals>, worker: usize, e: &DifferentialEvent) {
     let (op, records, batcher_records, batcher_bytes) = match e {
         DifferentialEvent::Batch(b) => (b.operator, b.length as i64, 0, 0),
         DifferentialEvent::Drop(d) => (d.operator, -(d.length as i64), 0, 0),

@@ -34,10 +34,11 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use weft_bench::gen::{GenConfig, Generator};
+use weft_bench::kafka::send;
 use weft_connectors::kafka::{admin, KafkaSourceConfig};
 use weft_connectors::source::{Poll, SourcePart};
 
@@ -103,24 +104,7 @@ fn produce(brokers: &str, topic: &str, events: u64, partitions: i32) -> Result<(
             buf.pop();
         }
         let partition = (i % partitions as u64) as i32;
-        let mut record = BaseRecord::<(), [u8]>::to(topic)
-            .partition(partition)
-            .payload(&buf[..]);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => bail!("cannot produce: {e}"),
-            }
-        }
+        send(&producer, topic, partition, &buf)?;
         producer.poll(Duration::ZERO);
         bytes += buf.len() as u64;
         buf.clear();
