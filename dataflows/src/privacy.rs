@@ -276,8 +276,14 @@ pub fn apply_rules<'s>(
         .clone()
         .inner
         .flat_map(|((ids, e), t, r)| {
-            ids.first()
-                .map(|a| ((*a, (t, StoredEvent::store(&e))), t, r))
+            ids.first().map(|a| {
+                let stored = if r > 0 {
+                    StoredEvent::store(&e)
+                } else {
+                    StoredEvent::transient(&e)
+                };
+                ((*a, (t, stored)), t, r)
+            })
         })
         .as_collection()
         .arrange_by_key_named("PrivacyEventsByAnchor");

@@ -25,6 +25,7 @@ use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::Scope;
 use timely::scheduling::Activator;
 use timely::worker::Worker;
@@ -113,11 +114,22 @@ fn build_profiles<'s>(
     // STEP 1. The shared arrangements: events by anchor and the set of profiles
     // (with identity's id → profile and traits, exported to runtime definitions).
     // Each event belongs to the profile of its anchor identifier (userId, else anonymousId, ...).
-    // Events at rest are compressed (see `weft_dataflows::stored`).
+    // Events at rest are compressed, in the process's event log on disk
+    // (see `weft_dataflows::stored`); retractions, about to cancel, are not
+    // written there.
     let events_by_anchor = ids
         .anchored
         .clone()
-        .map(|(a, e)| (a, StoredEvent::store(&e)))
+        .inner
+        .map(|((a, e), t, r)| {
+            let stored = if r > 0 {
+                StoredEvent::store(&e)
+            } else {
+                StoredEvent::transient(&e)
+            };
+            ((a, stored), t, r)
+        })
+        .as_collection()
         .arrange_by_key_named("EventsByAnchor");
     let profile_events = events_by_anchor
         .clone()

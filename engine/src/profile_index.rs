@@ -20,9 +20,10 @@
 //!
 //! **Cost.** The index is a second copy of what it serves, kept on one
 //! worker: per profile a hash-map entry; per identifier, trait, computed
-//! value and membership a small map entry; per event its typed record (about
-//! 210 bytes; within one process its JSON text is shared with the dataflow's
-//! copy) plus a key of its time and messageId. Applying a time costs worker 0
+//! value and membership a small map entry; per event a 48-byte handle in a
+//! sorted vector (its time, fingerprint and type, and a shared pointer to
+//! its compressed body in the process's event log on disk, shared with the
+//! dataflow's events-by-anchor arrangement). Applying a time costs worker 0
 //! one hash lookup per change; readers hold the read lock only while they
 //! render one profile.
 
@@ -72,13 +73,14 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = HashMap<IdHash, V, BuildHasherDefault<IdHasher>>;
 
-/// An event's place in a profile's history: event time, messageId, and the
+/// An event's place in a profile's history: event time, then the
 /// fingerprint of the whole record (two different events may share a
-/// messageId; an identical copy, possible only without dedupe, is listed once).
-type EventKey = (i64, Box<str>, u128);
+/// messageId; an identical copy, possible only without dedupe, is listed
+/// once). Both are in memory: the event's body may be on disk.
+type EventKey = (i64, u128);
 
-fn event_key(e: &StoredEvent) -> (i64, &str, u128) {
-    (e.time_ms, e.message_id(), e.fingerprint())
+fn event_key(e: &StoredEvent) -> EventKey {
+    (e.time_ms, e.fingerprint())
 }
 
 #[derive(Default)]
@@ -90,9 +92,10 @@ struct ProfileEntry {
     events: Events,
 }
 
-/// A profile's events in [`EventKey`] order (event time, messageId,
-/// fingerprint): a sorted vector of compressed events shared with the
-/// dataflow's events-by-anchor arrangement, not a tree of boxed keys.
+/// A profile's events in [`StoredEvent`] order (event time, fingerprint,
+/// type): a sorted vector of handles shared with the dataflow's
+/// events-by-anchor arrangement (whose bodies are in the event log), not a
+/// tree of boxed keys.
 /// Insertion moves the later entries; a profile's history is at most
 /// thousands of events.
 #[derive(Default)]
@@ -109,11 +112,7 @@ impl Events {
 
     /// Adds `diff` copies of `e` (removing it at a count of 0 or less).
     fn change(&mut self, e: &StoredEvent, diff: isize) {
-        let key = event_key(e);
-        match self
-            .0
-            .binary_search_by(|x| event_key(&x.0).cmp(&key).then(x.0.kind.cmp(&e.kind)))
-        {
+        match self.0.binary_search_by(|x| x.0.cmp(e)) {
             Ok(i) => {
                 self.0[i].1 += diff;
                 if self.0[i].1 <= 0 {
@@ -132,10 +131,7 @@ impl Events {
     fn older(&self, before: Option<&EventKey>) -> &[(StoredEvent, isize)] {
         match before {
             None => &self.0,
-            Some(b) => {
-                let b = (b.0, &*b.1, b.2);
-                &self.0[..self.0.partition_point(|(e, _)| event_key(e) < b)]
-            }
+            Some(b) => &self.0[..self.0.partition_point(|(e, _)| event_key(e) < *b)],
         }
     }
 }
@@ -216,14 +212,16 @@ pub enum Lookup {
 }
 
 fn cursor(e: &StoredEvent) -> String {
-    format!("{}:{:x}:{}", e.time_ms, e.fingerprint(), e.message_id())
+    format!("{}:{:x}", e.time_ms, e.fingerprint())
 }
 
+/// `time:fingerprint` (what [`cursor`] gives out; an older cursor's third
+/// part, a messageId, is ignored).
 fn parse_cursor(s: &str) -> Option<EventKey> {
     let mut parts = s.splitn(3, ':');
     let time = parts.next()?.parse().ok()?;
     let hash = u128::from_str_radix(parts.next()?, 16).ok()?;
-    Some((time, parts.next()?.into(), hash))
+    Some((time, hash))
 }
 
 impl ProfileIndex {
@@ -547,7 +545,7 @@ mod tests {
         gone.extend(
             events
                 .iter()
-                .map(|e| (IndexUpdate::Event(p, StoredEvent::store(e)), -1)),
+                .map(|e| (IndexUpdate::Event(p, StoredEvent::transient(e)), -1)),
         );
         index.apply(40, &gone);
         index.advance(&[]);

@@ -442,6 +442,8 @@ struct Throughput {
     retained_heap: i64,
     /// The arrangements' sizes at the same moment (when recorded).
     arrangements: Vec<weft_engine::arrangements::ArrangementSize>,
+    /// The event log's sizes at the same moment (`None`: events on the heap).
+    event_log: Option<weft_dataflows::stored::EventLogStats>,
     report: JobReport,
 }
 
@@ -486,11 +488,13 @@ fn throughput(cluster: &Cluster, spec: &JobSpec, expected: u64) -> Result<(JobId
     std::thread::sleep(Duration::from_secs(2));
     let retained_heap = live_heap();
     let arrangements = weft_engine::arrangements::snapshot();
+    let event_log = weft_dataflows::stored::log().map(|l| l.stats());
     Ok((
         id,
         Throughput {
             retained_heap,
             arrangements,
+            event_log,
             secs,
             cpu,
             t: frontier - 1,
@@ -993,6 +997,16 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
             heap / p as f64,
             rss / p as f64
         );
+    }
+    match &tp.event_log {
+        Some(l) => println!(
+            "  event log (on disk, not in the heap): {:.0} MB written, {:.0} MB live ({:.0} B per profile), {:.1} MB buffered in memory",
+            mb(l.written_bytes as f64),
+            mb(l.live_bytes as f64),
+            profiles.filter(|p| *p > 0).map_or(0.0, |p| l.live_bytes as f64 / p as f64),
+            mb(l.buffered_bytes as f64)
+        ),
+        None => println!("  event log: off (WEFT_EVENT_LOG=memory): events at rest are in the heap"),
     }
     if !tp.arrangements.is_empty() {
         let total: i64 = tp.arrangements.iter().map(|a| a.records).sum();
