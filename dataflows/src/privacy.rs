@@ -342,7 +342,7 @@ pub fn resolve<'s>(
     });
     let resolved = freeze(members.concat(named), |(r, _, _)| r.at).distinct();
     let made = resolved.clone().flat_map(|(r, h, _)| {
-        let delete = r.kind.deletes().then(|| (h, Rule::Delete { upto: r.at }));
+        let delete = r.kind.deletes().then_some((h, Rule::Delete { upto: r.at }));
         let suppress = r.kind.suppresses().then(|| {
             (
                 h,

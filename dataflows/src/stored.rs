@@ -1,18 +1,21 @@
-//! Events at rest: the compressed form the long-lived state keeps.
+//! Events at rest: the compressed form the long-lived state keeps, on disk.
 //!
 //! Events pass through most operators and are gone; two pieces of state keep
 //! them for as long as they exist: the events-by-anchor arrangement (which
 //! runtime definitions backfill from) and the Profile API's index. There an
 //! event's kept text, a kilobyte of JSON of which half is `context`, was the
 //! largest part of a job's memory. A [`StoredEvent`] keeps it compressed
-//! with zstd and a dictionary trained on this process's first events: about
-//! 200 bytes instead of 1,000 for typical Segment events (see
-//! `docs/benchmarks.md`, End to end).
+//! with zstd and a dictionary trained on this process's first events (about
+//! 200 bytes instead of 1,000 for typical Segment events), in the process's
+//! [`EventLog`] on disk; memory keeps a 40-byte handle (time, type,
+//! fingerprint, a shared pointer to the extent) and 32 bytes for the shared
+//! extent (see `docs/benchmarks.md`, End to end).
 //!
 //! ```text
-//!  Event ── StoredEvent::store ──► [time, type, fingerprint | messageId | zstd(record)]
-//!    ▲                                             │
-//!    └──────────────── StoredEvent::load ──────────┘   (exact: the same Event)
+//!  Event ── StoredEvent::store ──► handle [time, type, fingerprint, Arc(extent)]
+//!    ▲                                          │
+//!    │                          event log file: [messageId | zstd(record)] ...
+//!    └──────────────── StoredEvent::load ───────┘   (exact: the same Event)
 //! ```
 //!
 //! Invariants:
@@ -58,22 +61,46 @@ pub struct StoredEvent {
     pub time_ms: i64,
     /// The call type.
     pub kind: EventType,
-    fingerprint: u128,
+    /// The fingerprint's high and low halves (two `u64`s rather than a
+    /// `u128`: 8-byte alignment keeps the handle at 40 bytes, not 48).
+    fingerprint: [u64; 2],
     /// Where `[messageId length: u16 LE][messageId][codec][length][payload]` is.
     body: Arc<Body>,
 }
 
 /// A stored body: in the process's event log on disk (erased when the last
 /// handle drops), or on the heap (transient values, or without a log).
+/// 16 bytes, so that with the `Arc`'s counts it takes 32.
 enum Body {
-    Disk { offset: u64, len: u32 },
-    Heap(Box<[u8]>),
+    /// `offset << 24 | length` in the log (offsets below 2^40, lengths below 2^24).
+    Disk(u64),
+    #[allow(clippy::box_collection)]
+    Heap(Box<Box<[u8]>>),
+}
+
+const LEN_BITS: u32 = 24;
+
+impl Body {
+    fn disk(offset: u64, len: usize) -> Option<Body> {
+        (offset < 1 << 40 && len < 1 << LEN_BITS)
+            .then(|| Body::Disk(offset << LEN_BITS | len as u64))
+    }
+
+    fn heap(bytes: Vec<u8>) -> Body {
+        Body::Heap(Box::new(bytes.into_boxed_slice()))
+    }
+
+    /// `(offset, length)` in the log.
+    fn extent(packed: u64) -> (u64, u32) {
+        (packed >> LEN_BITS, (packed & ((1 << LEN_BITS) - 1)) as u32)
+    }
 }
 
 impl Drop for Body {
     fn drop(&mut self) {
-        if let Body::Disk { offset, len } = *self {
+        if let Body::Disk(packed) = *self {
             if let Some(log) = log() {
+                let (offset, len) = Body::extent(packed);
                 log.erase(offset, len);
             }
         }
@@ -85,16 +112,10 @@ impl StoredEvent {
     /// onto the heap when there is no log.
     pub fn store(e: &Event) -> StoredEvent {
         let (fingerprint, bytes) = encode(e);
-        let body = match log() {
-            Some(log) => match log.append(&bytes) {
-                Some(offset) => Body::Disk {
-                    offset,
-                    len: bytes.len() as u32,
-                },
-                None => Body::Heap(bytes.into()),
-            },
-            None => Body::Heap(bytes.into()),
-        };
+        let body = log()
+            .and_then(|log| log.append(&bytes))
+            .and_then(|offset| Body::disk(offset, bytes.len()))
+            .unwrap_or_else(|| Body::heap(bytes));
         StoredEvent {
             time_ms: e.time_ms,
             kind: e.kind,
@@ -112,7 +133,7 @@ impl StoredEvent {
             time_ms: e.time_ms,
             kind: e.kind,
             fingerprint,
-            body: Arc::new(Body::Heap(bytes.into())),
+            body: Arc::new(Body::heap(bytes)),
         }
     }
 
@@ -136,29 +157,31 @@ impl StoredEvent {
 
     /// Whether the body is in the event log (not on the heap).
     pub fn on_disk(&self) -> bool {
-        matches!(*self.body, Body::Disk { .. })
+        matches!(*self.body, Body::Disk(_))
     }
 
     fn with_body<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         match &*self.body {
             Body::Heap(bytes) => f(bytes),
-            Body::Disk { offset, len } => {
+            Body::Disk(packed) => {
+                let (offset, len) = Body::extent(*packed);
                 let log = log().expect("an event in the log implies the log");
-                f(&log.read(*offset, *len))
+                f(&log.read(offset, len))
             }
         }
     }
 
     /// The xxh3-128 of the record: with the time, what tells events apart.
     pub fn fingerprint(&self) -> u128 {
-        self.fingerprint
+        u128::from(self.fingerprint[0]) << 64 | u128::from(self.fingerprint[1])
     }
 }
 
 /// `(fingerprint, [messageId length][messageId][codec][length][payload])`.
-fn encode(e: &Event) -> (u128, Vec<u8>) {
+fn encode(e: &Event) -> ([u64; 2], Vec<u8>) {
     let plain = e.record_bytes();
-    let fingerprint = xxhash_rust::xxh3::xxh3_128(&plain);
+    let h = xxhash_rust::xxh3::xxh3_128(&plain);
+    let fingerprint = [(h >> 64) as u64, h as u64];
     // A messageId is at most 100 characters (validated), 400 bytes.
     let id = e.message_id().as_bytes();
     let mut body = Vec::with_capacity(id.len() + 2 + plain.len() / 3 + 16);
@@ -209,12 +232,12 @@ impl std::fmt::Debug for StoredEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (place, bytes) = match &*self.body {
             Body::Heap(b) => ("heap", b.len()),
-            Body::Disk { len, .. } => ("log", *len as usize),
+            Body::Disk(packed) => ("log", Body::extent(*packed).1 as usize),
         };
         f.debug_struct("StoredEvent")
             .field("time_ms", &self.time_ms)
             .field("kind", &self.kind)
-            .field("fingerprint", &format_args!("{:032x}", self.fingerprint))
+            .field("fingerprint", &format_args!("{:032x}", self.fingerprint()))
             .field(place, &bytes)
             .finish()
     }
@@ -304,11 +327,12 @@ impl EventLog {
         })
     }
 
-    /// Appends `bytes`; returns their offset (`None` if the log is full: 2^40 bytes).
+    /// Appends `bytes`; returns their offset (`None` if the log is full,
+    /// 2^40 bytes, or the record is 2^24 bytes or longer).
     fn append(&self, bytes: &[u8]) -> Option<u64> {
         let mut st = self.state.lock().expect("event log lock");
         let offset = st.flushed + st.tail.len() as u64;
-        if offset + bytes.len() as u64 >= 1 << 40 || bytes.len() > u32::MAX as usize {
+        if offset + bytes.len() as u64 >= 1 << 40 || bytes.len() >= 1 << LEN_BITS {
             return None;
         }
         st.tail.extend_from_slice(bytes);
@@ -682,6 +706,12 @@ mod tests {
         assert_eq!(t.load(), ev(1));
     }
 
+    #[test]
+    fn a_handle_is_small() {
+        assert_eq!(std::mem::size_of::<StoredEvent>(), 40);
+        assert_eq!(std::mem::size_of::<Body>(), 16);
+    }
+
     /// The process's log holds the bodies (unless turned off), and they
     /// load back exactly after the tail has been written to the file.
     #[test]
@@ -706,7 +736,7 @@ mod tests {
             .iter()
             .take(100)
             .map(|(_, s)| match *s.body {
-                Body::Disk { offset, len } => (offset, len),
+                Body::Disk(packed) => Body::extent(packed),
                 Body::Heap(_) => unreachable!("on disk"),
             })
             .collect();

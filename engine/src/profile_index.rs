@@ -27,8 +27,9 @@
 //! one hash lookup per change; readers hold the read lock only while they
 //! render one profile.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
 use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
@@ -83,13 +84,71 @@ fn event_key(e: &StoredEvent) -> EventKey {
     (e.time_ms, e.fingerprint())
 }
 
+/// One profile. Its parts are sorted vectors (a profile has a handful of
+/// each; a B-tree node is 11 slots), with definition names interned.
 #[derive(Default)]
 struct ProfileEntry {
-    identifiers: BTreeSet<Identifier>,
-    traits: BTreeMap<Box<str>, Box<str>>,
-    computed: BTreeMap<String, AggValue>,
-    audiences: BTreeSet<String>,
+    identifiers: Sorted<Identifier, ()>,
+    traits: Sorted<Box<str>, Box<str>>,
+    computed: Sorted<Arc<str>, AggValue>,
+    audiences: Sorted<Arc<str>, ()>,
     events: Events,
+}
+
+/// A small map as a vector sorted by key.
+struct Sorted<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for Sorted<K, V> {
+    fn default() -> Self {
+        Sorted(Vec::new())
+    }
+}
+
+impl<K: Ord, V> Sorted<K, V> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn position<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.0.binary_search_by(|(k, _)| k.borrow().cmp(key))
+    }
+
+    fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.position(key).ok().map(|i| &self.0[i].1)
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        match self.position(&key) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => {
+                // Grow by one: most profiles keep a few entries.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (key, value));
+            }
+        }
+    }
+
+    fn remove<Q: Ord + ?Sized>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        if let Ok(i) = self.position(key) {
+            self.0.remove(i);
+            if self.0.capacity() > 2 * self.0.len() + 2 {
+                self.0.shrink_to_fit();
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(K, V)> {
+        self.0.iter()
+    }
 }
 
 /// A profile's events in [`StoredEvent`] order (event time, fingerprint,
@@ -119,7 +178,13 @@ impl Events {
                     self.0.remove(i);
                 }
             }
-            Err(i) if diff > 0 => self.0.insert(i, (e.clone(), diff)),
+            Err(i) if diff > 0 => {
+                if self.0.len() == self.0.capacity() {
+                    // Grow by a quarter: a profile's history is long-lived.
+                    self.0.reserve_exact(self.0.len() / 4 + 1);
+                }
+                self.0.insert(i, (e.clone(), diff))
+            }
             Err(_) => {}
         }
         if self.0.capacity() > 2 * self.0.len() + 4 {
@@ -155,6 +220,19 @@ struct IndexState {
     by_identifier: IdMap<ProfileId>,
     profiles: IdMap<ProfileEntry>,
     events: usize,
+    /// Computed trait and audience names, interned.
+    names: HashSet<Arc<str>>,
+}
+
+impl IndexState {
+    fn name(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = name.into();
+        self.names.insert(n.clone());
+        n
+    }
 }
 
 /// A job's profile index (see the module docs).
@@ -294,7 +372,7 @@ impl IndexState {
                 let h = ident.hash();
                 if insert {
                     self.by_identifier.insert(h, *p);
-                    self.entry(*p).identifiers.insert(ident.clone());
+                    self.entry(*p).identifiers.insert(ident.clone(), ());
                 } else {
                     if self.by_identifier.get(&h) == Some(p) {
                         self.by_identifier.remove(&h);
@@ -313,20 +391,23 @@ impl IndexState {
                 p
             }
             IndexUpdate::Computed(p, name, value) => {
-                let computed = &mut self.entry(*p).computed;
                 if insert {
-                    computed.insert(name.clone(), value.clone());
-                } else if computed.get(name) == Some(value) {
-                    computed.remove(name);
+                    let name = self.name(name);
+                    self.entry(*p).computed.insert(name, value.clone());
+                } else {
+                    let computed = &mut self.entry(*p).computed;
+                    if computed.get(name.as_str()) == Some(value) {
+                        computed.remove(name.as_str());
+                    }
                 }
                 p
             }
             IndexUpdate::Audience(p, name) => {
-                let audiences = &mut self.entry(*p).audiences;
                 if insert {
-                    audiences.insert(name.clone());
+                    let name = self.name(name);
+                    self.entry(*p).audiences.insert(name, ());
                 } else {
-                    audiences.remove(name);
+                    self.entry(*p).audiences.remove(name.as_str());
                 }
                 p
             }
@@ -365,12 +446,16 @@ fn render(
         b",\"complete\":false"
     });
     out.extend_from_slice(b",\"profile\":");
-    match entry.identifiers.iter().find(|i| Identifier::hash(i) == p) {
-        Some(name) => write_json_string(&mut out, &format!("{}:{}", name.kind, name.value)),
+    match entry
+        .identifiers
+        .iter()
+        .find(|(i, _)| Identifier::hash(i) == p)
+    {
+        Some((name, _)) => write_json_string(&mut out, &format!("{}:{}", name.kind, name.value)),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"identifiers\":[");
-    for (i, ident) in entry.identifiers.iter().enumerate() {
+    for (i, (ident, _)) in entry.identifiers.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -395,7 +480,7 @@ fn render(
         v.write_json(&mut out);
     }
     out.extend_from_slice(b"},\"audiences\":[");
-    for (i, a) in entry.audiences.iter().enumerate() {
+    for (i, (a, _)) in entry.audiences.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }

@@ -1106,7 +1106,7 @@ fn worker_loop(worker: &mut Worker, commands: Option<Receiver<Command>>, shared:
             }
         }
         // STEP 2. Apply sequenced commands, in order, on every worker.
-        while let Some(cmd) = sequencer.next() {
+        for cmd in sequencer.by_ref() {
             tracing::debug!(worker = worker.index(), ?cmd, "applying command");
             match cmd {
                 Command::InstallJob { id, spec_toml } => {

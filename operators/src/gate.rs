@@ -60,6 +60,8 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::ExchangeData;
 
+/// Rule changes of one time.
+type RuleUpdates<K, V> = Vec<((K, V), isize)>;
 /// Adds [`Gate::gate`] to collections.
 pub trait Gate<'s, D> {
     /// Passes the records no rule bars at their own time (see the module docs).
@@ -109,7 +111,7 @@ impl<'s, D: ExchangeData + Clone> Gate<'s, D> for VecCollection<'s, u64, D, isiz
                 move |_cap, _info| {
                     let mut state: HashMap<K, Vec<(V, isize)>> = HashMap::new();
                     let mut stash: BTreeMap<u64, Pending<D>> = BTreeMap::new();
-                    let mut updates: BTreeMap<u64, Vec<((K, V), isize)>> = BTreeMap::new();
+                    let mut updates: BTreeMap<u64, RuleUpdates<K, V>> = BTreeMap::new();
                     move |(data, data_frontier), (rule_in, rule_frontier), output| {
                         let port = output.output_index();
                         data.for_each(|cap, batch| {
