@@ -24,6 +24,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use differential_dataflow::difference::Semigroup;
 use differential_dataflow::{AsCollection, VecCollection};
@@ -33,6 +34,29 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
+
+/// Updates held by every `hold_future` operator of the process, and the
+/// bytes their heaps take (capacity × element size; the data's own heap
+/// allocations are not counted).
+static HELD: [AtomicI64; 2] = [AtomicI64::new(0), AtomicI64::new(0)];
+
+/// One operator's share of [`HELD`], given back when the operator is dropped.
+struct Gauge(i64, i64);
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        HELD[0].fetch_sub(self.0, Ordering::Relaxed);
+        HELD[1].fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
+/// `(updates, bytes)` held now by every `hold_future` operator of the process.
+pub fn held() -> (i64, i64) {
+    (
+        HELD[0].load(Ordering::Relaxed),
+        HELD[1].load(Ordering::Relaxed),
+    )
+}
 
 /// Adds [`HoldFuture::hold_future`] to collections.
 pub trait HoldFuture<'scope, T: Timestamp, D, R> {
@@ -85,6 +109,7 @@ where
         // A capability at the least held time (if anything is held).
         let mut cap: Option<Capability<T>> = None;
         let mut batch: Vec<(D, T, R)> = Vec::new();
+        let mut counted = Gauge(0, 0);
         self.inner
             .unary_frontier::<CapacityContainerBuilder<Vec<(D, T, R)>>, _, _, _>(
                 Pipeline,
@@ -132,6 +157,13 @@ where
                             let at = c.delayed(&time);
                             output.session(&at).give_iterator(batch.drain(..));
                         }
+                        let now = (
+                            held.len() as i64,
+                            (held.capacity() * std::mem::size_of::<Reverse<(T, D, R)>>()) as i64,
+                        );
+                        HELD[0].fetch_add(now.0 - counted.0, Ordering::Relaxed);
+                        HELD[1].fetch_add(now.1 - counted.1, Ordering::Relaxed);
+                        (counted.0, counted.1) = now;
                         // STEP 3. Hold a capability at the least remaining time only.
                         cap = match (cap.take(), held.peek()) {
                             (Some(mut c), Some(Reverse((t, _, _)))) => {

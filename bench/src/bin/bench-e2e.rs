@@ -82,6 +82,7 @@ use weft_engine::runtime::{Cluster, ClusterConfig, JobId, JobReport, JobStatus};
 
 /// The `weft` binary's allocator; the live heap is jemalloc's count of
 /// allocated bytes (`stats.allocated`: live allocations, in size classes).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -444,6 +445,8 @@ struct Throughput {
     arrangements: Vec<weft_engine::arrangements::ArrangementSize>,
     /// The event log's sizes at the same moment (`None`: events on the heap).
     event_log: Option<weft_dataflows::stored::EventLogStats>,
+    /// Window expiries held until their time: `(updates, bytes of the heaps)`.
+    held: (i64, i64),
     report: JobReport,
 }
 
@@ -489,12 +492,14 @@ fn throughput(cluster: &Cluster, spec: &JobSpec, expected: u64) -> Result<(JobId
     let retained_heap = live_heap();
     let arrangements = weft_engine::arrangements::snapshot();
     let event_log = weft_dataflows::stored::log().map(|l| l.stats());
+    let held = weft_operators::future::held();
     Ok((
         id,
         Throughput {
             retained_heap,
             arrangements,
             event_log,
+            held,
             secs,
             cpu,
             t: frontier - 1,
@@ -1008,6 +1013,12 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
         ),
         None => println!("  event log: off (WEFT_EVENT_LOG=memory): events at rest are in the heap"),
     }
+    println!(
+        "  window expiries held (hold_future): {} updates, {:.0} MB of heap slots ({:.1} per profile)",
+        tp.held.0,
+        mb(tp.held.1 as f64),
+        profiles.filter(|p| *p > 0).map_or(0.0, |p| tp.held.0 as f64 / p as f64),
+    );
     if !tp.arrangements.is_empty() {
         let total: i64 = tp.arrangements.iter().map(|a| a.records).sum();
         let per = |n: i64| match profiles.filter(|p| *p > 0) {
