@@ -529,7 +529,7 @@ pub fn temporal_window<'s, D>(
     event_time: impl Fn(&D) -> i64 + 'static,
 ) -> VecCollection<'s, u64, D, isize>
 where
-    D: Ord + Clone + 'static,
+    D: Ord + Clone + serde::Serialize + serde::de::DeserializeOwned + 'static,
 {
     coll.inner
         .flat_map(move |(d, t, r)| {

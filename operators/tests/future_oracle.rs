@@ -1,7 +1,9 @@
 //! Oracle test for `hold_future`: random updates at the current time and at
 //! random future times (with retractions, repeated data and equal times);
 //! the held collection, delivered per completed time, equals the
-//! consolidated input at every time, at 1 and 4 workers.
+//! consolidated input at every time, at 1 and 4 workers, with the recent
+//! updates kept decoded (the default for such small inputs) and sealed into
+//! encoded runs after every 1, 3, 5 or 16 updates.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +55,9 @@ fn expected(rounds: &[Round], step: u64) -> BTreeMap<u64, Vec<(u32, isize)>> {
     out
 }
 
-fn run(seed: u64, workers: usize) {
+/// `seal_at`: `None` for `hold_future` (the default), else how many recent
+/// updates are sealed into an encoded run (1: every update is in a run).
+fn run(seed: u64, workers: usize, seal_at: Option<usize>) {
     let step = 3u64;
     let input_rounds = rounds(seed);
     let got: Arc<Mutex<BTreeMap<u64, Vec<(u32, isize)>>>> = Arc::default();
@@ -66,27 +70,31 @@ fn run(seed: u64, workers: usize) {
         let (clocks, watch) = (clocks.clone(), clocks.clone());
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
             let (input, coll) = scope.new_collection::<(u32, u64), isize>();
-            coll.inner
+            let coll = coll
+                .inner
                 .map(|((d, delay), t, r)| (d, t + delay, r))
-                .as_collection()
-                .hold_future("Hold")
-                .inspect(move |(_, t, _)| {
-                    let now = watch
-                        .iter()
-                        .map(|c| c.load(Ordering::SeqCst))
-                        .min()
-                        .unwrap();
-                    assert!(*t <= now, "released {t} while an input was at {now}");
-                })
-                .sink_by_time("Collect", SinkTarget::Worker(0), move |ev| {
-                    if let SinkEvent::Updates { time, updates } = ev {
-                        let mut s = sink.lock().unwrap();
-                        assert!(
-                            s.insert(*time, updates.to_vec()).is_none(),
-                            "one batch per time"
-                        );
-                    }
-                });
+                .as_collection();
+            let held = match seal_at {
+                None => coll.hold_future("Hold"),
+                Some(n) => coll.hold_future_sealing("Hold", n),
+            };
+            held.inspect(move |(_, t, _)| {
+                let now = watch
+                    .iter()
+                    .map(|c| c.load(Ordering::SeqCst))
+                    .min()
+                    .unwrap();
+                assert!(*t <= now, "released {t} while an input was at {now}");
+            })
+            .sink_by_time("Collect", SinkTarget::Worker(0), move |ev| {
+                if let SinkEvent::Updates { time, updates } = ev {
+                    let mut s = sink.lock().unwrap();
+                    assert!(
+                        s.insert(*time, updates.to_vec()).is_none(),
+                        "one batch per time"
+                    );
+                }
+            });
             input
         });
         let me = worker.index();
@@ -111,20 +119,24 @@ fn run(seed: u64, workers: usize) {
     assert_eq!(
         got,
         expected(&input_rounds, step),
-        "seed {seed}, {workers} workers"
+        "seed {seed}, {workers} workers, seal at {seal_at:?}"
     );
 }
 
 #[test]
 fn equals_the_input_one_worker() {
     for seed in 0..20 {
-        run(seed, 1);
+        for seal_at in [None, Some(1), Some(3), Some(16)] {
+            run(seed, 1, seal_at);
+        }
     }
 }
 
 #[test]
 fn equals_the_input_four_workers() {
     for seed in 0..20 {
-        run(seed, 4);
+        for seal_at in [None, Some(1), Some(5)] {
+            run(seed, 4, seal_at);
+        }
     }
 }
