@@ -134,6 +134,7 @@ use timely::dataflow::operators::core::Partition;
 use weft_operators::components::{
     ChangeKind, ComponentChange, ComponentChanges, ConnectedComponents,
 };
+use weft_operators::monotone::MonotoneMin;
 
 use crate::event::{write_json_string, Event, EventType, Field};
 use crate::record::WriteJson;
@@ -634,6 +635,26 @@ pub fn identity<'s>(
     events: VecCollection<'s, u64, Event, isize>,
     rules: &IdentitySpec,
 ) -> Result<IdentityOutputs<'s>, String> {
+    build(events, rules, false)
+}
+
+/// [`identity`] over events that are never retracted (a job without
+/// regulations: its sources only insert). The same outputs; first-seen
+/// times of identifiers and edges keep one value each
+/// ([`weft_operators::monotone`]) instead of arranging every sighting in
+/// case one is retracted. A retraction in `events` panics.
+pub fn identity_insert_only<'s>(
+    events: VecCollection<'s, u64, Event, isize>,
+    rules: &IdentitySpec,
+) -> Result<IdentityOutputs<'s>, String> {
+    build(events, rules, true)
+}
+
+fn build<'s>(
+    events: VecCollection<'s, u64, Event, isize>,
+    rules: &IdentitySpec,
+    insert_only: bool,
+) -> Result<IdentityOutputs<'s>, String> {
     let rules = Rc::new(IdentityRules::new(rules)?);
 
     // STEP 1. Facts, one pass over the events, partitioned by kind.
@@ -705,15 +726,19 @@ pub fn identity<'s>(
     });
 
     // STEP 2. Identifiers: first-seen time and kind; the reverse map.
-    let nodes = seen
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, (i64, KindRank), u64, isize>>(
+    let nodes = if insert_only {
+        seen.monotone_min("IdentityFirstSeen")
+            .arrange_by_key_named("IdentityFirstSeenByKey")
+    } else {
+        seen.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, (i64, KindRank), u64, isize>>(
             "IdentityFirstSeen",
             |_h, input, output| {
                 if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
                     output.push((**v, 1));
                 }
             },
-        );
+        )
+    };
     let identifiers = names
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, Identifier, u64, isize>>(
             "IdentityNames",
@@ -731,14 +756,18 @@ pub fn identity<'s>(
             (*prev != user).then(|| (edge_key(user, ku, *prev, kp, true), t))
         },
     );
-    let edges =
-        edge_obs
-            .concat(alias_edges)
-            .reduce_named("IdentityEdgeFirstSeen", |_e, input, output| {
-                if let Some((t, _)) = input.iter().find(|(_, r)| *r > 0) {
-                    output.push((**t, 1isize));
-                }
-            });
+    // (Insert-only: a first-seen time that moves down re-emits an alias
+    // edge with the same time, which cancels within its time.)
+    let sightings = edge_obs.concat(alias_edges);
+    let edges = if insert_only {
+        sightings.monotone_min("IdentityEdgeFirstSeen")
+    } else {
+        sightings.reduce_named("IdentityEdgeFirstSeen", |_e, input, output| {
+            if let Some((t, _)) = input.iter().find(|(_, r)| *r > 0) {
+                output.push((**t, 1isize));
+            }
+        })
+    };
 
     // STEP 4. Per-identifier limits: each end keeps its earliest `limit(K)`
     // edges to kind K; an edge is a candidate when both ends keep it.

@@ -10,7 +10,9 @@
 //! `IDENTITY_SEED=n` reruns one seed) with shared devices and emails, blocked
 //! values, aliases, external ids, custom kinds, groups, tied timestamps,
 //! duplicates and retractions (splits), under random limits and priorities,
-//! at 1 and 4 workers.
+//! at 1 and 4 workers. The insert-only variant (`identity_insert_only`, for
+//! jobs without regulations) is checked the same way on streams without
+//! retractions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -20,7 +22,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use weft_dataflows::event::{parse_event, Event, ParseContext};
-use weft_dataflows::identity::{id_hash, identity, IdHash, KeyedTrait};
+use weft_dataflows::identity::{id_hash, identity, identity_insert_only, IdHash, KeyedTrait};
 use weft_dataflows::spec::{CustomKind, IdentitySpec};
 use weft_operators::components::{ChangeKind, ComponentChange};
 
@@ -140,7 +142,7 @@ fn pick(rng: &mut SmallRng, prefix: &str, n: usize, p: f64) -> Option<String> {
     Some(format!("{prefix}{}", rng.gen_range(0..n)))
 }
 
-fn generate(seed: u64) -> Case {
+fn generate(seed: u64, insert_only: bool) -> Case {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut spec = IdentitySpec::default();
     spec.limits.insert("user_id".into(), rng.gen_range(1..=2));
@@ -186,7 +188,7 @@ fn generate(seed: u64) -> Case {
         let mut updates = Vec::new();
         for _ in 0..rng.gen_range(0..10) {
             let roll = rng.gen_range(0..100);
-            if roll < 22 && !live.is_empty() {
+            if roll < 22 && !live.is_empty() && !insert_only {
                 let g = live.swap_remove(rng.gen_range(0..live.len()));
                 updates.push((g, -1));
                 continue;
@@ -586,7 +588,7 @@ struct Outputs {
     account_traits: Out<KeyedTrait>,
 }
 
-fn run(case: &Case, workers: usize, all_feed: bool) -> Outputs {
+fn run(case: &Case, workers: usize, all_feed: bool, insert_only: bool) -> Outputs {
     let outs = Outputs::default();
     let o = outs.clone();
     type Steps = Vec<(u64, Vec<(Event, isize)>)>;
@@ -602,7 +604,12 @@ fn run(case: &Case, workers: usize, all_feed: bool) -> Outputs {
         let (o, spec) = (o.clone(), spec.clone());
         let mut input = worker.dataflow::<u64, _, _>(move |scope| {
             let (input, events) = scope.new_collection::<Event, isize>();
-            let out = identity(events, &spec).expect("rules compile");
+            let out = if insert_only {
+                identity_insert_only(events, &spec)
+            } else {
+                identity(events, &spec)
+            }
+            .expect("rules compile");
             let p = o.profiles.clone();
             out.profiles.inspect(move |x| p.lock().unwrap().push(*x));
             let a = o.accepted.clone();
@@ -650,9 +657,13 @@ fn ones<D: Ord + Clone>(it: impl IntoIterator<Item = D>) -> BTreeMap<D, isize> {
 }
 
 fn check(seed: u64, workers: usize, all_feed: bool) -> Result<(), String> {
-    let case = generate(seed);
+    check_mode(seed, workers, all_feed, false)
+}
+
+fn check_mode(seed: u64, workers: usize, all_feed: bool, insert_only: bool) -> Result<(), String> {
+    let case = generate(seed, insert_only);
     let rules = Rules::new(&case.spec);
-    let outs = run(&case, workers, all_feed);
+    let outs = run(&case, workers, all_feed, insert_only);
     let profiles = outs.profiles.lock().unwrap().clone();
     let traits = outs.traits.lock().unwrap().clone();
     let accepted = outs.accepted.lock().unwrap().clone();
@@ -755,6 +766,29 @@ fn identity_matches_the_model_four_workers() {
             if let Err(e) = check(seed, 4, all_feed) {
                 panic!(
                     "seed {seed} (rerun with IDENTITY_SEED={seed}), 4 workers, fed from {}: {e}",
+                    if all_feed { "all" } else { "one" }
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn insert_only_identity_matches_the_model_one_worker() {
+    for seed in seeds(0..200) {
+        if let Err(e) = check_mode(seed, 1, false, true) {
+            panic!("seed {seed} (rerun with IDENTITY_SEED={seed}), insert-only, 1 worker: {e}");
+        }
+    }
+}
+
+#[test]
+fn insert_only_identity_matches_the_model_four_workers() {
+    for seed in seeds(7000..7060) {
+        for all_feed in [false, true] {
+            if let Err(e) = check_mode(seed, 4, all_feed, true) {
+                panic!(
+                    "seed {seed} (rerun with IDENTITY_SEED={seed}), insert-only, 4 workers, fed from {}: {e}",
                     if all_feed { "all" } else { "one" }
                 );
             }

@@ -47,8 +47,8 @@ use weft_dataflows::audience::{
 };
 use weft_dataflows::event::Event;
 use weft_dataflows::identity::{
-    identity, IdHash, Identifier, IdentityOutputs, IdentityRules, ProfileChangeRecord, ProfileId,
-    ProfileRecord, TraitRecord,
+    identity, identity_insert_only, IdHash, Identifier, IdentityOutputs, IdentityRules,
+    ProfileChangeRecord, ProfileId, ProfileRecord, TraitRecord,
 };
 use weft_dataflows::ingest::ingest;
 use weft_dataflows::privacy::{apply_rules, resolve, Regulation, Resolved, Rule};
@@ -109,7 +109,9 @@ fn build_profiles<'s>(
 ) -> Result<ProfileOutputs<'s>, String> {
     let ids = match prebuilt {
         Some(ids) => ids,
-        None => identity(events, &spec.identity)?,
+        // Without regulations nothing retracts an event: first-seen times
+        // keep one value per identifier and edge.
+        None => identity_insert_only(events, &spec.identity)?,
     };
     // STEP 1. The shared arrangements: events by anchor and the set of profiles
     // (with identity's id → profile and traits, exported to runtime definitions).

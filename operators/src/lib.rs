@@ -20,5 +20,6 @@ pub mod components;
 pub mod dedupe;
 pub mod future;
 pub mod gate;
+pub mod monotone;
 pub mod reclock;
 pub mod split;

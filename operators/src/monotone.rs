@@ -1,0 +1,129 @@
+//! The least value per key of an insert-only collection, in O(1) state per key.
+//!
+//! A differential `reduce` that keeps the minimum must arrange its whole
+//! input: a retraction of the minimum has to reveal the next value. When the
+//! input is known to be insert-only (a *monotone* collection: every update,
+//! consolidated per time, has a positive diff), the minimum only ever moves
+//! down and one value per key is enough. Materialize plans insert-only
+//! inputs the same way (its monotonic top-k and reductions).
+//!
+//! ```text
+//!  (k, v) +1 at t ──► [ exchange by k ] ──► min(k) so far ──► (k, old) -1, (k, v) +1 at t   (when v < old)
+//! ```
+//!
+//! Invariants:
+//! - the output is the collection `{(k, min v) : k seen}` at every time: the
+//!   same as a `reduce` that keeps the least value with a positive count,
+//!   as long as the input is insert-only;
+//! - updates are applied one completed time at a time, in time order (held
+//!   with a capability until the frontier has passed their time), so the
+//!   output does not depend on batching or on the number of workers;
+//! - memory: one `(K, V)` per key (a hash map), plus the updates of
+//!   times the frontier has not passed yet;
+//! - a retraction (a negative diff after consolidating a time) breaks the
+//!   contract: the operator panics with the operator's name, since the
+//!   minimum it would have to reveal is gone. Callers choose this operator
+//!   only for inputs that cannot retract.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+use differential_dataflow::consolidation::consolidate;
+use differential_dataflow::hashable::Hashable;
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::ExchangeData;
+
+/// Adds [`MonotoneMin::monotone_min`] to collections of `(key, value)`.
+pub trait MonotoneMin<'scope, K, V> {
+    /// `(key, least value)` for each key of an insert-only collection
+    /// (see the module docs).
+    ///
+    /// ```
+    /// use differential_dataflow::input::Input;
+    /// use weft_operators::monotone::MonotoneMin;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// timely::execute_directly(move |worker| {
+    ///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
+    ///         let (input, coll) = scope.new_collection::<(char, i64), isize>();
+    ///         coll.monotone_min("Min")
+    ///             .inspect(move |x| log.lock().unwrap().push(*x));
+    ///         input
+    ///     });
+    ///     input.insert(('a', 5));
+    ///     input.advance_to(1);
+    ///     input.insert(('a', 7)); // not less: no change
+    ///     input.insert(('a', 3));
+    /// });
+    /// let mut seen = seen.lock().unwrap().clone();
+    /// seen.sort();
+    /// assert_eq!(seen, vec![(('a', 3), 1, 1), (('a', 5), 0, 1), (('a', 5), 1, -1)]);
+    /// ```
+    fn monotone_min(self, name: &str) -> VecCollection<'scope, u64, (K, V), isize>;
+}
+
+impl<'scope, K, V> MonotoneMin<'scope, K, V> for VecCollection<'scope, u64, (K, V), isize>
+where
+    K: ExchangeData + Clone + Hash + Eq + Ord,
+    V: ExchangeData + Clone + Ord,
+{
+    fn monotone_min(self, name: &str) -> VecCollection<'scope, u64, (K, V), isize> {
+        let operator = name.to_string();
+        let mut least: HashMap<K, V> = HashMap::new();
+        // Updates of times the frontier has not passed, with a capability each.
+        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<((K, V), isize)>)> = BTreeMap::new();
+        let by_key = Exchange::new(|((k, _), _t, _r): &((K, V), u64, isize)| k.hashed());
+        self.inner
+            .unary_frontier::<CapacityContainerBuilder<Vec<((K, V), u64, isize)>>, _, _, _>(
+                by_key,
+                name,
+                move |_, _| {
+                    move |(input, frontier), output| {
+                        input.for_each(|cap, data| {
+                            for (d, t, r) in data.drain(..) {
+                                pending
+                                    .entry(t)
+                                    .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()))
+                                    .1
+                                    .push((d, r));
+                            }
+                        });
+                        // Apply every time the frontier has passed, in order.
+                        while let Some(entry) = pending.first_entry() {
+                            if frontier.less_equal(entry.key()) {
+                                break;
+                            }
+                            let (time, (cap, mut updates)) = entry.remove_entry();
+                            consolidate(&mut updates);
+                            let mut session = output.session(&cap);
+                            for ((k, v), r) in updates {
+                                assert!(
+                                    r > 0,
+                                    "{operator}: a retraction reached an insert-only minimum (time {time})"
+                                );
+                                match least.get_mut(&k) {
+                                    None => {
+                                        session.give(((k.clone(), v.clone()), time, 1));
+                                        least.insert(k, v);
+                                    }
+                                    Some(old) if v < *old => {
+                                        let was = std::mem::replace(old, v.clone());
+                                        session.give(((k.clone(), was), time, -1));
+                                        session.give(((k, v), time, 1));
+                                    }
+                                    Some(_) => {}
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+            .as_collection()
+    }
+}
