@@ -56,9 +56,11 @@
 
 use std::rc::Rc;
 
+use differential_dataflow::hashable::Hashable as _;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::{Filter, Map};
+use timely::dataflow::operators::Exchange as _;
 use weft_operators::gate::Gate;
 
 use crate::event::{parse_iso8601_ms, Event};
@@ -272,9 +274,12 @@ pub fn apply_rules<'s>(
         });
     // Kept compressed (see `crate::stored`); `load` gives back the very
     // event admitted, so the retraction cancels it.
+    // By anchor first (the arrangement's exchange then stays local): a
+    // stored event never travels between processes.
     let anchored = admitted
         .clone()
         .inner
+        .exchange(|((ids, _), _, _)| ids.first().map_or(0, |a| a.hashed().into()))
         .flat_map(|((ids, e), t, r)| {
             ids.first().map(|a| {
                 let stored = if r > 0 {

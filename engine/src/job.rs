@@ -21,11 +21,13 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use differential_dataflow::hashable::Hashable as _;
 use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Exchange as _;
 use timely::dataflow::Scope;
 use timely::scheduling::Activator;
 use timely::worker::Worker;
@@ -118,11 +120,14 @@ fn build_profiles<'s>(
     // Each event belongs to the profile of its anchor identifier (userId, else anonymousId, ...).
     // Events at rest are compressed, in the process's event log on disk
     // (see `weft_dataflows::stored`); retractions, about to cancel, are not
-    // written there.
+    // written there. Events move to the anchor's worker first (the
+    // arrangement's own exchange then stays local), so a stored event never
+    // travels between processes (it would be read back and stored again).
     let events_by_anchor = ids
         .anchored
         .clone()
         .inner
+        .exchange(|((a, _), _, _)| a.hashed().into())
         .map(|((a, e), t, r)| {
             let stored = if r > 0 {
                 StoredEvent::store(&e)
