@@ -49,8 +49,8 @@ use weft_dataflows::audience::{
 };
 use weft_dataflows::event::Event;
 use weft_dataflows::identity::{
-    identity, identity_insert_only, IdHash, Identifier, IdentityOutputs, IdentityRules,
-    ProfileChangeRecord, ProfileId, ProfileRecord, TraitRecord,
+    identity, IdHash, Identifier, IdentityOutputs, IdentityRules, ProfileChangeRecord, ProfileId,
+    ProfileRecord, TraitRecord,
 };
 use weft_dataflows::ingest::ingest;
 use weft_dataflows::privacy::{apply_rules, resolve, Regulation, Resolved, Rule};
@@ -111,9 +111,12 @@ fn build_profiles<'s>(
 ) -> Result<ProfileOutputs<'s>, String> {
     let ids = match prebuilt {
         Some(ids) => ids,
-        // Without regulations nothing retracts an event: first-seen times
-        // keep one value per identifier and edge.
-        None => identity_insert_only(events, &spec.identity)?,
+        // Without regulations nothing retracts an event, so
+        // `identity_insert_only` (first-seen times as one value per key)
+        // would do. Not enabled yet: with it, tests/tests/runtime_audiences.rs
+        // failed 1 run in 4 (a runtime computed trait inserted 26 values
+        // where its spec twin has 25), unexplained so far.
+        None => identity(events, &spec.identity)?,
     };
     // STEP 1. The shared arrangements: events by anchor and the set of profiles
     // (with identity's id → profile and traits, exported to runtime definitions).
