@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use timely::dataflow::operators::vec::Map as _;
 
-use weft_operators::future::HoldFuture;
+use weft_operators::future::{HoldConfig, HoldFuture};
 
 use crate::event::{write_json_string, Event, Field};
 use crate::query::{
@@ -537,7 +537,13 @@ where
             window_updates(d, t, r, e, window_ms)
         })
         .as_collection()
-        .hold_future("HoldWindowExpiries")
+        .hold_future_with("HoldWindowExpiries", hold_config())
+}
+
+/// Window expiries wait in `hold_future`, their sealed runs on disk in the
+/// process's scratch directory (see [`crate::stored::scratch_dir`]).
+fn hold_config() -> HoldConfig {
+    HoldConfig::spilling(crate::stored::scratch_dir())
 }
 
 /// A windowed update's insertion at `max(t, e)` and retraction at `e + w`
@@ -592,7 +598,7 @@ where
         })
         .as_collection();
     match window {
-        Some(_) => updates.hold_future("HoldWindowExpiries"),
+        Some(_) => updates.hold_future_with("HoldWindowExpiries", hold_config()),
         None => updates,
     }
 }
@@ -626,6 +632,44 @@ pub fn event_contributions(aggs: &[Aggregate], e: &Event) -> Vec<(usize, Contrib
         }
     }
     out
+}
+
+/// Which contribution of a key an insert-only aggregate keeps
+/// ([`SharedAggregates::prune_insert_only`]).
+#[derive(Clone, Copy, Debug)]
+enum Pick {
+    /// The least (event time, messageId, value): `first`.
+    Earliest,
+    /// The greatest: `last`.
+    Latest,
+}
+
+impl Pick {
+    fn wrap(self, c: Contribution, e: i64) -> Picked {
+        match self {
+            Pick::Earliest => Picked::Earliest(c, e),
+            Pick::Latest => Picked::Latest(std::cmp::Reverse((c, e))),
+        }
+    }
+}
+
+/// A contribution ordered so that the one to keep is the least (the
+/// monotone minimum keeps it); one aggregate's contributions are all of one
+/// variant.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum Picked {
+    Earliest(Contribution, i64),
+    Latest(std::cmp::Reverse<(Contribution, i64)>),
+    Passed(Contribution, i64),
+}
+
+impl Picked {
+    fn into_inner(self) -> (Contribution, i64) {
+        match self {
+            Picked::Earliest(c, e) | Picked::Passed(c, e) => (c, e),
+            Picked::Latest(std::cmp::Reverse((c, e))) => (c, e),
+        }
+    }
 }
 
 /// Many aggregates over the same events, computed in one pass.
@@ -671,6 +715,64 @@ where
         Self::from_windowed(windowed, aggs)
     }
 
+    /// Drops, for an insert-only input (a job without regulations: no event
+    /// is ever retracted), the contributions no evaluation can pick again:
+    /// per key and aggregate, `last` keeps only its latest contribution
+    /// (with a window too: a later event also expires later) and an
+    /// unwindowed `first` only its earliest. Everything else passes as is.
+    ///
+    /// Runs before [`SharedAggregates::window`] on the same
+    /// `(key, (aggregate index, contribution, event time))`: a replaced
+    /// contribution is retracted when its successor arrives, and windows
+    /// commute with that retraction. A contribution whose event time is
+    /// ahead of its logical time (which a window would insert only later)
+    /// passes unpruned and never replaces another, so nothing is dropped
+    /// before its successor counts. The per-key state is one contribution
+    /// (`weft_operators::monotone`), which panics on a retraction: call
+    /// this only where the input cannot retract.
+    pub fn prune_insert_only<K>(
+        contributions: VecCollection<'s, u64, (K, (usize, Contribution, i64)), isize>,
+        aggs: &[Aggregate],
+    ) -> VecCollection<'s, u64, (K, (usize, Contribution, i64)), isize>
+    where
+        K: timely::ExchangeData + Ord + Hash + Clone,
+    {
+        use timely::dataflow::operators::vec::Partition as _;
+        use weft_operators::monotone::MonotoneMin as _;
+        let rules: Vec<Option<Pick>> = aggs
+            .iter()
+            .map(|a| match (a.func, a.events.window) {
+                (AggFunc::Last, _) => Some(Pick::Latest),
+                (AggFunc::First, None) => Some(Pick::Earliest),
+                _ => None,
+            })
+            .collect();
+        if rules.iter().all(Option::is_none) {
+            return contributions;
+        }
+        let parts = contributions.inner.partition(2, move |((k, (i, c, e)), t, r)| {
+            let prunable = rules[i].is_some() && e.max(0) as u64 <= t;
+            let data = if prunable {
+                let rule = rules[i].expect("checked");
+                ((k, (i, rule.wrap(c, e))), t, r)
+            } else {
+                ((k, (i, Picked::Passed(c, e))), t, r)
+            };
+            (u64::from(prunable), data)
+        });
+        let passed = parts[0].clone().as_collection();
+        let pruned = parts[1]
+            .clone()
+            .as_collection()
+            .map(|(k, (i, p))| ((k, i), p))
+            .monotone_min("PruneFirstLast")
+            .map(|((k, i), p)| (k, (i, p)));
+        passed.concat(pruned).map(|(k, (i, p))| {
+            let (c, e) = p.into_inner();
+            (k, (i, c, e))
+        })
+    }
+
     /// Applies each aggregate's window to contributions keyed by anything
     /// (a profile, or the anchor identifier an event belongs to before it is
     /// joined with its profile: windows commute with that join).
@@ -699,7 +801,7 @@ where
             })
             .as_collection();
         if any_window {
-            updates.hold_future("HoldWindowExpiries")
+            updates.hold_future_with("HoldWindowExpiries", hold_config())
         } else {
             updates
         }
@@ -878,21 +980,30 @@ where
         };
         slots.push(coll);
     }
-    // STEP 2. Every profile gets evaluated, with defaults for missing slots.
-    let universe = inputs
-        .profiles
-        .clone()
-        .map(|p| (p, (usize::MAX, AggValue::Null)));
-    let all = differential_dataflow::collection::concatenate(inputs.profiles.scope(), slots)
-        .concat(universe);
-    let cond = condition.clone();
+    // STEP 2. Every profile that can be a member gets evaluated, with
+    // defaults for missing slots. A condition false when every slot is
+    // missing (most: `count(...) >= 1 and ...`) holds only for profiles
+    // with a leaf value, and those are profiles at every time (aggregates,
+    // traits and memberships are all keyed by the current profile ids):
+    // only a condition true of an empty profile needs every profile in its
+    // input (one update per profile per such audience).
     let n = ls.len();
+    let universal = evaluate_condition(condition, &vec![None; n]);
+    let mut all = differential_dataflow::collection::concatenate(inputs.profiles.scope(), slots);
+    if universal {
+        let universe = inputs
+            .profiles
+            .clone()
+            .map(|p| (p, (usize::MAX, AggValue::Null)));
+        all = all.concat(universe);
+    }
+    let cond = condition.clone();
     let members = all
         .arrange_by_key_named("Arrange: Audience")
         .reduce_abelian::<_, KeyBuilder<P, u64, isize>, KeySpine<P, u64, isize>, _, _>(
             "Audience",
             move |_p, input, output| {
-                if !input.iter().any(|((slot, _), _)| *slot == usize::MAX) {
+                if universal && !input.iter().any(|((slot, _), _)| *slot == usize::MAX) {
                     return; // not a profile (any more)
                 }
                 let mut values: Vec<Option<AggValue>> = vec![None; n];

@@ -640,9 +640,10 @@ pub fn identity<'s>(
 
 /// [`identity`] over events that are never retracted (a job without
 /// regulations: its sources only insert). The same outputs; first-seen
-/// times of identifiers and edges keep one value each
-/// ([`weft_operators::monotone`]) instead of arranging every sighting in
-/// case one is retracted. A retraction in `events` panics.
+/// times of identifiers and edges, and each identifier's latest observation
+/// of each trait, keep one value each ([`weft_operators::monotone`])
+/// instead of arranging every sighting in case one is retracted. A
+/// retraction in `events` panics.
 pub fn identity_insert_only<'s>(
     events: VecCollection<'s, u64, Event, isize>,
     rules: &IdentitySpec,
@@ -875,6 +876,16 @@ fn build<'s>(
     let changes = profiles.clone().component_changes("IdentityProfileChanges");
 
     // STEP 8. Traits, last write wins per (profile, key) and per (account, key).
+    // Insert-only, an identifier's earlier observation of a key can never
+    // win again (the latest only moves forward): keep one per (identifier, key).
+    let trait_obs = if insert_only {
+        trait_obs
+            .map(|(h, (k, lww))| ((h, k), std::cmp::Reverse(lww)))
+            .monotone_min("IdentityLatestTraits")
+            .map(|((h, k), std::cmp::Reverse(lww))| (h, (k, lww)))
+    } else {
+        trait_obs
+    };
     let traits_by_profile = trait_obs
         .arrange_by_key_named("IdentityTraitObservations")
         .join_core(profile_of.clone(), |_h, (key, lww), p| Some((*p, (key.clone(), lww.clone()))))

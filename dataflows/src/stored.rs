@@ -480,15 +480,24 @@ fn punch_hole(_file: &std::fs::File, _offset: u64, _len: u64) -> bool {
 /// the heap.
 static LOG: OnceLock<Option<EventLog>> = OnceLock::new();
 
+/// The process's scratch directory for state kept on disk (the event log,
+/// held window expiries): `WEFT_EVENT_LOG_DIR`, else the system's temporary
+/// directory; `None` with `WEFT_EVENT_LOG=memory` (everything on the heap).
+pub fn scratch_dir() -> Option<std::path::PathBuf> {
+    if std::env::var("WEFT_EVENT_LOG").is_ok_and(|v| v == "memory") {
+        return None;
+    }
+    Some(
+        std::env::var_os("WEFT_EVENT_LOG_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir),
+    )
+}
+
 /// The process's event log (created on first use), if any.
 pub fn log() -> Option<&'static EventLog> {
     LOG.get_or_init(|| {
-        if std::env::var("WEFT_EVENT_LOG").is_ok_and(|v| v == "memory") {
-            return None;
-        }
-        let dir = std::env::var_os("WEFT_EVENT_LOG_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
+        let dir = scratch_dir()?;
         EventLog::create(&dir)
             .map_err(|e| {
                 tracing::warn!(

@@ -4,7 +4,9 @@
 //! naive evaluation over the accumulated events — including window expiry
 //! after the last event — at 1 and 4 workers, with every aggregate compiled
 //! on its own and with the aggregates shared in one pass (`SharedAggregates`,
-//! as jobs compile their spec's definitions).
+//! as jobs compile their spec's definitions), and, on insert-only streams,
+//! with `first`/`last` contributions pruned to one per profile
+//! (`SharedAggregates::prune_insert_only`, as jobs without regulations do).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -83,6 +85,24 @@ fn random_audiences(rng: &mut impl Rng) -> Vec<(String, Condition)> {
             r#"unique_count(properties.v from track "A") >= {}"#,
             rng.gen_range(1..4)
         ),
+        format!(
+            r#"last(properties.c from any within {}ms) = "x""#,
+            w(rng)
+        ),
+        format!(
+            r#"last(properties.v from page) >= {}"#,
+            rng.gen_range(2..8)
+        ),
+        format!(
+            r#"first(properties.v from track) >= {} and first(properties.c from track "B" within {}ms) = "y""#,
+            rng.gen_range(2..8),
+            w(rng)
+        ),
+        // True of a profile without events: evaluated for every profile.
+        format!(
+            r#"count(track "B" within {}ms) = 0 and not audience("a0")"#,
+            w(rng)
+        ),
     ];
     qs.into_iter()
         .enumerate()
@@ -136,7 +156,9 @@ fn naive_leaf_values(
         .collect()
 }
 
-fn run_case(seed: u64, workers: usize, shared: bool) {
+/// `insert_only`: no event is retracted, and the shared aggregates prune
+/// `first`/`last` contributions (requires `shared`).
+fn run_case(seed: u64, workers: usize, shared: bool, insert_only: bool) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let profiles = 8u32;
     let audiences = random_audiences(&mut rng);
@@ -156,7 +178,7 @@ fn run_case(seed: u64, workers: usize, shared: bool) {
             });
         }
         // Occasionally retract an earlier event.
-        if !evs.is_empty() && rng.gen_bool(0.3) {
+        if !insert_only && !evs.is_empty() && rng.gen_bool(0.3) {
             let i = rng.gen_range(0..evs.len());
             if evs[i].retract.is_none() && evs[i].arrive < t {
                 evs[i].retract = Some(t);
@@ -190,11 +212,16 @@ fn run_case(seed: u64, workers: usize, shared: bool) {
                     auds.iter().flat_map(|(_, c)| condition_aggregates(c)),
                 );
                 let list = aggs.clone();
-                let contributions = events.clone().flat_map(move |(p, e)| {
+                let mut contributions = events.clone().flat_map(move |(p, e)| {
                     event_contributions(&list, &e)
                         .into_iter()
                         .map(move |(i, c, time)| (i, (p, c, time)))
                 });
+                if insert_only {
+                    let keyed = contributions.map(|(i, (p, c, e))| (p, (i, c, e)));
+                    contributions = SharedAggregates::<u32>::prune_insert_only(keyed, &aggs)
+                        .map(|(p, (i, c, e))| (i, (p, c, e)));
+                }
                 std::rc::Rc::new(SharedAggregates::build(contributions, &aggs))
             });
             let inputs = ProfileInputs {
@@ -351,7 +378,16 @@ fn run_case(seed: u64, workers: usize, shared: bool) {
 fn audiences_match_naive_evaluation_at_every_time() {
     for seed in 0..10 {
         for workers in [1, 4] {
-            run_case(seed, workers, seed % 2 == 1);
+            run_case(seed, workers, seed % 2 == 1, false);
+        }
+    }
+}
+
+#[test]
+fn insert_only_pruned_first_and_last_match_naive_evaluation() {
+    for seed in 0..10 {
+        for workers in [1, 4] {
+            run_case(seed, workers, true, true);
         }
     }
 }

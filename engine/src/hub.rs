@@ -19,19 +19,37 @@
 //! definition's output frontier, so the job's sinks see every change of every
 //! definition at its own logical time, exactly once, in time order.
 //!
-//! **Switch time.** A definition added (or replaced, or dropped) while the
-//! job runs takes effect at its *switch time* `s`: the first time this
-//! worker's hub can still emit at and that its imports have not compacted
-//! past (`s = max(hub capability, since of the imported traces)`). The new
-//! definition's changes at times `≤ s` (its backfill from the accumulated
-//! state) are emitted at `s`; later ones at their own times. A replaced or
-//! dropped definition's outputs stop there: the hub emits, at `s` (or at
-//! their own time if later), the retraction of everything it forwarded for
-//! it, so a drop is an exit of every member and a replacement's old and new
-//! memberships consolidate at `s` into exactly the difference. Changes the
-//! old definition would have made after its last forwarded time and before
-//! `s` (a few milliseconds) are not emitted. Each worker picks `s` for the
-//! profiles it owns; all of a profile's changes are exact around its `s`.
+//! **Switch time.** A definition added (or replaced) while the job runs
+//! takes effect at its *switch time* `s`, the same on every worker. Each
+//! worker proposes the first time its hub can still emit at and that its
+//! imports have not compacted past (`max(hub capability, since of the
+//! imported traces)`); the definition's dataflow broadcasts the proposals
+//! and `s` is the latest ([`agree`]). Until then this worker's hub forwards
+//! nothing of it and holds its capability at its own proposal (`≤ s`).
+//! The new definition's changes at times `≤ s` (its backfill from the
+//! accumulated state) are emitted at `s`; later ones at their own times.
+//!
+//! One `s` for all workers is what makes the backfill exact: a profile's
+//! output combines inputs from every worker (its identifiers' events live
+//! where the identifiers hash), and each worker's imports start at that
+//! worker's compaction frontier. Between the earliest and the latest of
+//! those frontiers the profile's output is partial (say a count of 1 where
+//! the state at `s` has 2); a switch time picked per worker, before the
+//! latest frontier, emitted that partial value and corrected it a tick
+//! later (a transient value). At times `≥ s` every worker's imports are
+//! exact, so the output accumulated at `s` is the state at `s`. Proposals
+//! only grow on a worker, so a definition using another gets an `s` no
+//! earlier than the other's: it never forwards the other's partial values.
+//!
+//! A replaced definition's outputs stop at the replacement's `s`: the hub
+//! emits there (or at their own time if later) the retraction of everything
+//! it forwarded for the old one, so old and new memberships consolidate at
+//! `s` into exactly the difference. A dropped definition's outputs stop at
+//! this worker's proposal, where the hub retracts what it forwarded (a drop
+//! is an exit of every member; each profile's changes live on one worker,
+//! so no agreement is needed). Changes an old definition would have made
+//! after its last forwarded time and before it stops (a few milliseconds)
+//! are not emitted.
 //!
 //! **Hold at start.** Until the job's persisted runtime definitions are
 //! installed (the `Restore` command that follows every build), the hub holds
@@ -88,6 +106,9 @@ pub enum HubRecord {
         value: AggValue,
     },
 }
+
+/// A change the hub emits: `((profile, record), time, diff)`.
+pub type HubChange = ((ProfileId, HubRecord), u64, isize);
 
 /// The set of profiles, arranged.
 pub type ProfilesTrace = TraceAgent<KeySpine<ProfileId, u64, isize>>;
@@ -160,8 +181,14 @@ struct Attached {
     name: String,
     key: String,
     kind: DefinitionKind,
-    /// Its changes at earlier times are emitted at this time.
+    /// Its changes at earlier times are emitted at this time: this worker's
+    /// proposal until `agreed`, then the switch time of every worker.
     switch: u64,
+    /// Whether the workers have agreed on `switch` (nothing is forwarded before).
+    agreed: bool,
+    /// Retractions of the definition this one replaces, emitted at `switch`
+    /// (or at their own time if later) once agreed.
+    retract: Vec<HubChange>,
     /// Its output frontier (`None`: complete).
     frontier: Option<u64>,
     /// Changes captured and not yet forwarded.
@@ -237,16 +264,20 @@ impl Hub {
         self.activate();
     }
 
-    /// Starts forwarding a definition's output (captured under `slot`), its
-    /// earlier changes at `switch`.
-    pub fn attach(&mut self, slot: u64, def: &Definition, switch: u64) {
+    /// Attaches a definition's output (captured under `slot`) with this
+    /// worker's proposed switch time; it is forwarded once the workers agree
+    /// (see [`agree`]), its earlier changes and `retract` (from
+    /// [`Hub::detach`] of the definition it replaces) at the agreed time.
+    pub fn attach(&mut self, slot: u64, def: &Definition, proposal: u64, retract: Vec<HubChange>) {
         self.attached.insert(
             slot,
             Attached {
                 name: def.name.clone(),
                 key: def.key().to_string(),
                 kind: def.kind,
-                switch,
+                switch: proposal,
+                agreed: false,
+                retract,
                 frontier: Some(0),
                 queue: Vec::new(),
                 settled: HashMap::new(),
@@ -256,17 +287,41 @@ impl Hub {
         self.activate();
     }
 
-    /// Stops forwarding a definition and retracts, at `at` or later, all it forwarded.
-    pub fn detach(&mut self, slot: u64, at: u64) {
-        let Some(a) = self.attached.remove(&slot) else {
-            return;
+    /// Every worker's proposal for `slot` is in: `switch` is the latest.
+    fn agree(&mut self, slot: u64, switch: u64) {
+        let Some(a) = self.attached.get_mut(&slot) else {
+            return; // dropped before the workers agreed
         };
+        a.switch = a.switch.max(switch);
+        a.agreed = true;
+        let at = a.switch;
+        let retract = std::mem::take(&mut a.retract);
+        self.out
+            .extend(retract.into_iter().map(|(d, t, r)| (d, t.max(at), r)));
+        self.activate();
+    }
+
+    /// Stops forwarding a definition; returns the retraction of all it
+    /// forwarded (settled changes at time 0, recent ones at their own
+    /// time) and of what it had still to retract, for the caller to emit.
+    pub fn detach(&mut self, slot: u64) -> Vec<HubChange> {
+        let Some(a) = self.attached.remove(&slot) else {
+            return Vec::new();
+        };
+        let mut out = a.retract.clone();
         for (row, r) in &a.settled {
-            self.out.push(((row.0, a.record(&row.1)), at, -r));
+            out.push(((row.0, a.record(&row.1)), 0, -r));
         }
         for (row, t, r) in &a.recent {
-            self.out.push(((row.0, a.record(&row.1)), (*t).max(at), -r));
+            out.push(((row.0, a.record(&row.1)), *t, -r));
         }
+        out
+    }
+
+    /// Emits `changes` at `at` (or at their own time if later).
+    pub fn emit(&mut self, changes: Vec<HubChange>, at: u64) {
+        self.out
+            .extend(changes.into_iter().map(|(d, t, r)| (d, t.max(at), r)));
         self.activate();
     }
 
@@ -292,15 +347,14 @@ pub fn hub_operator<'s>(
     hub: Rc<RefCell<Hub>>,
     exports: Rc<RefCell<Exports>>,
 ) -> VecCollection<'s, u64, (ProfileId, HubRecord), isize> {
-    type Out = Vec<((ProfileId, HubRecord), u64, isize)>;
     let scope = base.scope();
-    base.unary_frontier::<CapacityContainerBuilder<Out>, _, _, _>(
+    base.unary_frontier::<CapacityContainerBuilder<Vec<HubChange>>, _, _, _>(
         Pipeline,
         "RuntimeDefinitions",
         move |cap, info| {
             hub.borrow_mut().activator = Some(scope.activator_for(info.address));
             let mut cap = Some(cap);
-            let mut batch: Out = Vec::new();
+            let mut batch: Vec<HubChange> = Vec::new();
             move |(input, frontier), output| {
                 input.for_each(|_, _| {});
                 let Some(c) = cap.as_mut() else { return };
@@ -308,7 +362,7 @@ pub fn hub_operator<'s>(
                 let h = &mut *guard;
                 let now = *c.time();
                 // STEP 1. Forward captured changes, never before the capability or a switch time.
-                for a in h.attached.values_mut() {
+                for a in h.attached.values_mut().filter(|a| a.agreed) {
                     for (row, t, r) in std::mem::take(&mut a.queue) {
                         let t = t.max(a.switch).max(now);
                         batch.push(((row.0, a.record(&row.1)), t, r));
@@ -329,7 +383,8 @@ pub fn hub_operator<'s>(
                 let base = frontier.frontier().iter().min().copied();
                 let mut lower = if h.ready { base } else { Some(now) };
                 for a in h.attached.values() {
-                    lower = meet(lower, a.frontier.map(|f| f.max(a.switch)));
+                    let held = if a.agreed { a.frontier } else { Some(0) };
+                    lower = meet(lower, held.map(|f| f.max(a.switch)));
                 }
                 match lower {
                     None => {
@@ -351,6 +406,37 @@ pub fn hub_operator<'s>(
         },
     )
     .as_collection()
+}
+
+/// The switch time of a runtime definition (see the module docs): every
+/// worker's dataflow sends its `proposal` to all workers; once all are in,
+/// this worker's hub forwards the definition from the latest one. Workers
+/// without the job propose 0 (`hub` is `None`).
+pub fn agree<'s>(
+    scope: timely::dataflow::Scope<'s, u64>,
+    proposal: u64,
+    name: &str,
+    slot: u64,
+    hub: Option<Rc<RefCell<Hub>>>,
+) {
+    use timely::dataflow::operators::vec::{Broadcast, ToStream};
+    let mut latest = 0u64;
+    let mut done = false;
+    Some(proposal).to_stream(scope).broadcast().sink(
+        Pipeline,
+        &format!("SwitchTime:{name}"),
+        move |(input, frontier)| {
+            input.for_each(|_, data| {
+                latest = data.iter().fold(latest, |m, p| m.max(*p));
+            });
+            if !done && frontier.frontier().is_empty() {
+                done = true;
+                if let Some(hub) = &hub {
+                    hub.borrow_mut().agree(slot, latest);
+                }
+            }
+        },
+    );
 }
 
 /// The end of a runtime definition's dataflow: hands its changes and output

@@ -49,8 +49,8 @@ use weft_dataflows::audience::{
 };
 use weft_dataflows::event::Event;
 use weft_dataflows::identity::{
-    identity, IdHash, Identifier, IdentityOutputs, IdentityRules, ProfileChangeRecord, ProfileId,
-    ProfileRecord, TraitRecord,
+    identity, identity_insert_only, IdHash, Identifier, IdentityOutputs, IdentityRules,
+    ProfileChangeRecord, ProfileId, ProfileRecord, TraitRecord,
 };
 use weft_dataflows::ingest::ingest;
 use weft_dataflows::privacy::{apply_rules, resolve, Regulation, Resolved, Rule};
@@ -109,14 +109,14 @@ fn build_profiles<'s>(
     index: Option<Arc<ProfileIndex>>,
     done: &Rc<Cell<usize>>,
 ) -> Result<ProfileOutputs<'s>, String> {
+    // A job without regulations never retracts an event (only the privacy
+    // layer does, and it builds identity itself: `prebuilt`).
+    let insert_only = prebuilt.is_none();
     let ids = match prebuilt {
         Some(ids) => ids,
-        // Without regulations nothing retracts an event, so
-        // `identity_insert_only` (first-seen times as one value per key)
-        // would do. Not enabled yet: with it, tests/tests/runtime_audiences.rs
-        // failed 1 run in 4 (a runtime computed trait inserted 26 values
-        // where its spec twin has 25), unexplained so far.
-        None => identity(events, &spec.identity)?,
+        // Without regulations nothing retracts an event: first-seen times
+        // keep one value per identifier and edge.
+        None => identity_insert_only(events, &spec.identity)?,
     };
     // STEP 1. The shared arrangements: events by anchor and the set of profiles
     // (with identity's id → profile and traits, exported to runtime definitions).
@@ -178,6 +178,13 @@ fn build_profiles<'s>(
                 .into_iter()
                 .map(move |(i, c, time)| (a, (i, c, time)))
         });
+        // Without retractions, `last` and `first` keep one contribution per
+        // anchor (see `SharedAggregates::prune_insert_only`).
+        let by_anchor = if insert_only {
+            SharedAggregates::<ProfileId>::prune_insert_only(by_anchor, &aggs)
+        } else {
+            by_anchor
+        };
         let contributions = SharedAggregates::<ProfileId>::window(by_anchor, &aggs)
             .arrange_by_key_named("ContributionsByAnchor")
             .join_core(ids.profile_of.clone(), |_a, (i, c), p| {

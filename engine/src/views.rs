@@ -56,7 +56,7 @@ use weft_dataflows::spec::JobSpec;
 use weft_dataflows::stored::StoredEvent;
 
 use crate::definitions::{self, Catalog, Definition, DefinitionError, Origin};
-use crate::hub::{capture, Exports, Hub, ProfilesTrace, Row};
+use crate::hub::{agree, capture, Exports, Hub, HubChange, ProfilesTrace, Row};
 use crate::job::RunningJob;
 use crate::profile_index::ProfileIndex;
 use crate::runtime::{Cluster, Command, ControlError, JobId, JobStatus, Shared};
@@ -321,23 +321,27 @@ impl JobViews {
         self.installed.iter().map(|i| i.dataflow).collect()
     }
 
-    /// When a change applied now takes effect on this worker (see [`crate::hub`]).
+    /// When a change applied now can take effect on this worker: its
+    /// proposal for the switch time (see [`crate::hub`]).
     fn switch_time(&self) -> u64 {
         let cap = self.hub.borrow().cap().unwrap_or(0);
         cap.max(self.exports.borrow().since())
     }
 
-    fn remove(&mut self, worker: &mut Worker, name: &str, at: u64) {
+    /// Uninstalls a definition; returns the retraction of what the hub
+    /// forwarded for it (see [`Hub::detach`]).
+    fn remove(&mut self, worker: &mut Worker, name: &str) -> Vec<HubChange> {
         let Some(pos) = self.installed.iter().position(|i| i.name == name) else {
-            return;
+            return Vec::new();
         };
         let old = self.installed.remove(pos);
-        self.hub.borrow_mut().detach(old.slot, at);
+        let retract = self.hub.borrow_mut().detach(old.slot);
         let mut exports = self.exports.borrow_mut();
         exports.values.remove(name);
         exports.members.remove(name);
         drop(exports);
         worker.drop_dataflow(old.dataflow);
+        retract
     }
 }
 
@@ -360,25 +364,29 @@ pub fn apply(
     match change {
         DefinitionChange::Restore(defs) => {
             for d in &defs {
-                install(worker, views.as_deref_mut(), id, d, 0);
+                install(worker, views.as_deref_mut(), id, d, 0, Vec::new());
             }
             if let Some(v) = views {
                 v.hub.borrow_mut().set_ready();
             }
         }
         DefinitionChange::Set(defs) => {
+            // One proposal for them all: they switch together (the old
+            // definitions' retractions at the new ones' switch time).
             let at = views.as_ref().map_or(0, |v| v.switch_time());
             for d in &defs {
-                if let Some(v) = views.as_deref_mut() {
-                    v.remove(worker, &d.name, at);
-                }
-                install(worker, views.as_deref_mut(), id, d, at);
+                let retract = match views.as_deref_mut() {
+                    Some(v) => v.remove(worker, &d.name),
+                    None => Vec::new(),
+                };
+                install(worker, views.as_deref_mut(), id, d, at, retract);
             }
         }
         DefinitionChange::Drop(name) => {
             if let Some(v) = views {
                 let at = v.switch_time();
-                v.remove(worker, &name, at);
+                let retract = v.remove(worker, &name);
+                v.hub.borrow_mut().emit(retract, at);
             }
         }
     }
@@ -467,13 +475,16 @@ impl Imports {
     }
 }
 
-/// Builds one definition's dataflow and, when this worker has the job, attaches it.
+/// Builds one definition's dataflow and, when this worker has the job,
+/// attaches it with this worker's proposed switch time and the retractions
+/// of the definition it replaces.
 fn install(
     worker: &mut Worker,
     views: Option<&mut JobViews>,
     job: JobId,
     def: &Definition,
-    switch: u64,
+    proposal: u64,
+    retract: Vec<HubChange>,
 ) {
     // The controller checked the query; a failure here is the same on every worker.
     let parsed = match def.kind {
@@ -495,11 +506,11 @@ fn install(
     let dataflow = worker.next_dataflow_index();
     let name = format!("definition-{job}-{}", def.name);
     let output = worker.dataflow_named::<u64, _, _>(&name, |scope| {
-        build_definition(scope, &def.name, &parsed, imports, slot, hub)
+        build_definition(scope, &def.name, &parsed, imports, slot, proposal, hub)
     });
     if let Some(v) = views {
         v.next_slot += 1;
-        v.hub.borrow_mut().attach(slot, def, switch);
+        v.hub.borrow_mut().attach(slot, def, proposal, retract);
         let mut exports = v.exports.borrow_mut();
         match output {
             Output::Values(t) => {
@@ -519,13 +530,15 @@ fn install(
 }
 
 /// The dataflow of one definition: imports, the compiled query, its
-/// exported output arrangement and the capture into the hub.
+/// exported output arrangement, the capture into the hub and the workers'
+/// agreement on its switch time (`proposal` is this worker's).
 fn build_definition<'s>(
     scope: Scope<'s, u64>,
     name: &str,
     parsed: &Parsed,
     mut imports: Imports,
     slot: u64,
+    proposal: u64,
     hub: Option<Rc<RefCell<Hub>>>,
 ) -> Output {
     let (anchored, _) = imports
@@ -577,6 +590,7 @@ fn build_definition<'s>(
             }
         },
     };
+    agree(scope, proposal, name, slot, hub.clone());
     capture(rows, name, slot, hub);
     output
 }

@@ -3,9 +3,11 @@
 //! the held collection, delivered per completed time, equals the
 //! consolidated input at every time, at 1 and 4 workers, with the recent
 //! updates kept decoded (the default for such small inputs) and sealed into
-//! encoded runs after every 1, 3, 5 or 16 updates.
+//! encoded runs after every 1, 3, 5 or 16 updates, in memory and in a
+//! scratch file.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +16,7 @@ use differential_dataflow::AsCollection;
 use rand::{Rng, SeedableRng};
 use timely::dataflow::operators::vec::Map;
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
-use weft_operators::future::HoldFuture;
+use weft_operators::future::{HoldConfig, HoldFuture, SEAL_AT};
 
 /// `(data, delay, diff)` inserted at each round's time.
 type Round = Vec<(u32, u64, isize)>;
@@ -58,6 +60,11 @@ fn expected(rounds: &[Round], step: u64) -> BTreeMap<u64, Vec<(u32, isize)>> {
 /// `seal_at`: `None` for `hold_future` (the default), else how many recent
 /// updates are sealed into an encoded run (1: every update is in a run).
 fn run(seed: u64, workers: usize, seal_at: Option<usize>) {
+    run_in(seed, workers, seal_at, None)
+}
+
+/// [`run`], with sealed runs written to a scratch file in `spill`.
+fn run_in(seed: u64, workers: usize, seal_at: Option<usize>, spill: Option<PathBuf>) {
     let step = 3u64;
     let input_rounds = rounds(seed);
     let got: Arc<Mutex<BTreeMap<u64, Vec<(u32, isize)>>>> = Arc::default();
@@ -65,8 +72,10 @@ fn run(seed: u64, workers: usize, seal_at: Option<usize>) {
     // Each worker's input time, stored before it advances: a released update's
     // time must not be beyond any of them (it was held until the frontier reached it).
     let clocks: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect());
+    let spill_dir = spill.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
         let sink = sink.clone();
+        let spill = spill_dir.clone();
         let (clocks, watch) = (clocks.clone(), clocks.clone());
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
             let (input, coll) = scope.new_collection::<(u32, u64), isize>();
@@ -74,9 +83,16 @@ fn run(seed: u64, workers: usize, seal_at: Option<usize>) {
                 .inner
                 .map(|((d, delay), t, r)| (d, t + delay, r))
                 .as_collection();
-            let held = match seal_at {
-                None => coll.hold_future("Hold"),
-                Some(n) => coll.hold_future_sealing("Hold", n),
+            let held = match (seal_at, spill.clone()) {
+                (None, None) => coll.hold_future("Hold"),
+                (Some(n), None) => coll.hold_future_sealing("Hold", n),
+                (n, dir) => coll.hold_future_with(
+                    "Hold",
+                    HoldConfig {
+                        seal_at: n.unwrap_or(SEAL_AT),
+                        spill_dir: dir,
+                    },
+                ),
             };
             held.inspect(move |(_, t, _)| {
                 let now = watch
@@ -119,7 +135,7 @@ fn run(seed: u64, workers: usize, seal_at: Option<usize>) {
     assert_eq!(
         got,
         expected(&input_rounds, step),
-        "seed {seed}, {workers} workers, seal at {seal_at:?}"
+        "seed {seed}, {workers} workers, seal at {seal_at:?}, spill {spill:?}"
     );
 }
 
@@ -139,4 +155,19 @@ fn equals_the_input_four_workers() {
             run(seed, 4, seal_at);
         }
     }
+}
+
+#[test]
+fn equals_the_input_with_runs_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    for seed in 0..20 {
+        for seal_at in [Some(1), Some(3), Some(16)] {
+            run_in(seed, 1, seal_at, Some(dir.path().to_path_buf()));
+        }
+        for seal_at in [Some(1), Some(5)] {
+            run_in(seed, 4, seal_at, Some(dir.path().to_path_buf()));
+        }
+    }
+    // Where no file can be made, the runs stay in memory.
+    run_in(0, 2, Some(2), Some(dir.path().join("missing")));
 }

@@ -126,6 +126,12 @@ struct Args {
     /// (timely's event log costs a few percent of throughput).
     #[arg(long)]
     arrangement_sizes: bool,
+    /// Write a jemalloc heap profile of the retained state (idle, 2 s after
+    /// catching up) into this directory: `heap.retained.prof`, read with
+    /// `jeprof --text`. Needs `--features heap-profile` and
+    /// `_RJEM_MALLOC_CONF=prof:true,lg_prof_sample:16` in the environment.
+    #[arg(long)]
+    heap_profile: Option<std::path::PathBuf>,
     /// Brokers [default: $KAFKA_BROKERS].
     #[arg(long)]
     brokers: Option<String>,
@@ -311,6 +317,26 @@ fn live_heap() -> i64 {
     stats::allocated::read().map_or(0, |b| b as i64)
 }
 
+/// Writes jemalloc's sampled heap profile (live allocations by call stack).
+#[cfg(feature = "heap-profile")]
+fn dump_heap_profile(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // The mallctl keeps the pointer only for the call; a leaked name is a
+    // few bytes once per run.
+    let name: &'static [u8] = Box::leak(name.into_bytes_with_nul().into_boxed_slice());
+    tikv_jemalloc_ctl::raw::write_str(b"prof.dump\0", name).map_err(|e| {
+        anyhow::anyhow!("prof.dump failed ({e}): run with _RJEM_MALLOC_CONF=prof:true")
+    })?;
+    println!("heap profile of the retained state: {}", path.display());
+    Ok(())
+}
+
+#[cfg(not(feature = "heap-profile"))]
+fn dump_heap_profile(_path: &Path) -> Result<()> {
+    bail!("--heap-profile needs bench-e2e built with --features heap-profile")
+}
+
 fn status_kb(key: &str) -> u64 {
     let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     text.lines()
@@ -445,12 +471,17 @@ struct Throughput {
     arrangements: Vec<weft_engine::arrangements::ArrangementSize>,
     /// The event log's sizes at the same moment (`None`: events on the heap).
     event_log: Option<weft_dataflows::stored::EventLogStats>,
-    /// Window expiries held until their time: `(updates, bytes of the heaps)`.
-    held: (i64, i64),
+    /// Window expiries held until their time.
+    held: weft_operators::future::Held,
     report: JobReport,
 }
 
-fn throughput(cluster: &Cluster, spec: &JobSpec, expected: u64) -> Result<(JobId, Throughput)> {
+fn throughput(
+    cluster: &Cluster,
+    spec: &JobSpec,
+    expected: u64,
+    heap_profile: Option<&Path>,
+) -> Result<(JobId, Throughput)> {
     let heap_before = live_heap();
     let rss_before_kb = status_kb("VmRSS:");
     let sampler = MemorySampler::start();
@@ -490,6 +521,9 @@ fn throughput(cluster: &Cluster, spec: &JobSpec, expected: u64) -> Result<(JobId
     let (peak_heap, peak_rss_kb) = sampler.finish();
     std::thread::sleep(Duration::from_secs(2));
     let retained_heap = live_heap();
+    if let Some(dir) = heap_profile {
+        dump_heap_profile(&dir.join("heap.retained.prof"))?;
+    }
     let arrangements = weft_engine::arrangements::snapshot();
     let event_log = weft_dataflows::stored::log().map(|l| l.stats());
     let held = weft_operators::future::held();
@@ -895,7 +929,7 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
         weft_engine::arrangements::record();
     }
     let cluster = Cluster::start(ClusterConfig::single(args.workers))?;
-    let (id, tp) = throughput(&cluster, &spec, events)?;
+    let (id, tp) = throughput(&cluster, &spec, events, args.heap_profile.as_deref())?;
     let rate = events as f64 / tp.secs;
     let d = &tp.report.dedupe;
     println!(
@@ -1014,10 +1048,11 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
         None => println!("  event log: off (WEFT_EVENT_LOG=memory): events at rest are in the heap"),
     }
     println!(
-        "  window expiries held (hold_future): {} updates, {:.0} MB of heap slots ({:.1} per profile)",
-        tp.held.0,
-        mb(tp.held.1 as f64),
-        profiles.filter(|p| *p > 0).map_or(0.0, |p| tp.held.0 as f64 / p as f64),
+        "  window expiries held (hold_future): {} updates ({:.1} per profile), {:.1} MB in memory, {:.0} MB in scratch files",
+        tp.held.updates,
+        profiles.filter(|p| *p > 0).map_or(0.0, |p| tp.held.updates as f64 / p as f64),
+        mb(tp.held.memory_bytes as f64),
+        mb(tp.held.disk_bytes as f64),
     );
     if !tp.arrangements.is_empty() {
         let total: i64 = tp.arrangements.iter().map(|a| a.records).sum();
