@@ -750,16 +750,18 @@ where
         if rules.iter().all(Option::is_none) {
             return contributions;
         }
-        let parts = contributions.inner.partition(2, move |((k, (i, c, e)), t, r)| {
-            let prunable = rules[i].is_some() && e.max(0) as u64 <= t;
-            let data = if prunable {
-                let rule = rules[i].expect("checked");
-                ((k, (i, rule.wrap(c, e))), t, r)
-            } else {
-                ((k, (i, Picked::Passed(c, e))), t, r)
-            };
-            (u64::from(prunable), data)
-        });
+        let parts = contributions
+            .inner
+            .partition(2, move |((k, (i, c, e)), t, r)| {
+                let prunable = rules[i].is_some() && e.max(0) as u64 <= t;
+                let data = if prunable {
+                    let rule = rules[i].expect("checked");
+                    ((k, (i, rule.wrap(c, e))), t, r)
+                } else {
+                    ((k, (i, Picked::Passed(c, e))), t, r)
+                };
+                (u64::from(prunable), data)
+            });
         let passed = parts[0].clone().as_collection();
         let pruned = parts[1]
             .clone()

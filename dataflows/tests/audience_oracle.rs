@@ -85,14 +85,8 @@ fn random_audiences(rng: &mut impl Rng) -> Vec<(String, Condition)> {
             r#"unique_count(properties.v from track "A") >= {}"#,
             rng.gen_range(1..4)
         ),
-        format!(
-            r#"last(properties.c from any within {}ms) = "x""#,
-            w(rng)
-        ),
-        format!(
-            r#"last(properties.v from page) >= {}"#,
-            rng.gen_range(2..8)
-        ),
+        format!(r#"last(properties.c from any within {}ms) = "x""#, w(rng)),
+        format!(r#"last(properties.v from page) >= {}"#, rng.gen_range(2..8)),
         format!(
             r#"first(properties.v from track) >= {} and first(properties.c from track "B" within {}ms) = "y""#,
             rng.gen_range(2..8),
