@@ -660,14 +660,12 @@ impl Pick {
 enum Picked {
     Earliest(Contribution, i64),
     Latest(std::cmp::Reverse<(Contribution, i64)>),
-    Passed(Contribution, i64),
 }
 
 impl Picked {
     fn into_inner(self) -> (Contribution, i64) {
         match self {
-            Picked::Earliest(c, e) | Picked::Passed(c, e) => (c, e),
-            Picked::Latest(std::cmp::Reverse((c, e))) => (c, e),
+            Picked::Earliest(c, e) | Picked::Latest(std::cmp::Reverse((c, e))) => (c, e),
         }
     }
 }
@@ -750,29 +748,24 @@ where
         if rules.iter().all(Option::is_none) {
             return contributions;
         }
+        let keep = rules.clone();
         let parts = contributions
             .inner
             .partition(2, move |((k, (i, c, e)), t, r)| {
-                let prunable = rules[i].is_some() && e.max(0) as u64 <= t;
-                let data = if prunable {
-                    let rule = rules[i].expect("checked");
-                    ((k, (i, rule.wrap(c, e))), t, r)
-                } else {
-                    ((k, (i, Picked::Passed(c, e))), t, r)
-                };
-                (u64::from(prunable), data)
+                let prunable = keep[i].is_some() && e.max(0) as u64 <= t;
+                (u64::from(prunable), ((k, (i, c, e)), t, r))
             });
         let passed = parts[0].clone().as_collection();
         let pruned = parts[1]
             .clone()
             .as_collection()
-            .map(|(k, (i, p))| ((k, i), p))
+            .map(move |(k, (i, c, e))| ((k, i), rules[i].expect("prunable").wrap(c, e)))
             .monotone_min("PruneFirstLast")
-            .map(|((k, i), p)| (k, (i, p)));
-        passed.concat(pruned).map(|(k, (i, p))| {
-            let (c, e) = p.into_inner();
-            (k, (i, c, e))
-        })
+            .map(|((k, i), p)| {
+                let (c, e) = p.into_inner();
+                (k, (i, c, e))
+            });
+        passed.concat(pruned)
     }
 
     /// Applies each aggregate's window to contributions keyed by anything

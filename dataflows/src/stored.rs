@@ -418,7 +418,7 @@ impl EventLog {
             }
         }
         for (start, end) in ranges {
-            if !punch_hole(&self.file, start, end - start) {
+            if !weft_operators::scratch::punch_hole(&self.file, start, end - start) {
                 use std::os::unix::fs::FileExt;
                 let zeros = vec![0u8; (end - start) as usize];
                 if self.file.write_all_at(&zeros, start).is_err() {
@@ -456,23 +456,6 @@ impl EventLog {
         let _ = self.file.read_at(&mut buf, offset);
         buf
     }
-}
-
-#[cfg(target_os = "linux")]
-fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> bool {
-    use rustix::fs::FallocateFlags;
-    rustix::fs::fallocate(
-        file,
-        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-        offset,
-        len,
-    )
-    .is_ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn punch_hole(_file: &std::fs::File, _offset: u64, _len: u64) -> bool {
-    false
 }
 
 /// Where the process's event log lives: `WEFT_EVENT_LOG_DIR`, else the

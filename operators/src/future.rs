@@ -262,25 +262,11 @@ impl Spill {
                 self.end = 0;
             }
         } else {
-            punch_hole(file, start, end - start);
+            // Best effort: where unsupported the bytes stay until the file is truncated.
+            crate::scratch::punch_hole(file, start, end - start);
         }
     }
 }
-
-#[cfg(target_os = "linux")]
-fn punch_hole(file: &File, offset: u64, len: u64) {
-    use rustix::fs::FallocateFlags;
-    // Best effort: where unsupported the bytes stay until the file is truncated.
-    let _ = rustix::fs::fallocate(
-        file,
-        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-        offset,
-        len,
-    );
-}
-
-#[cfg(not(target_os = "linux"))]
-fn punch_hole(_file: &File, _offset: u64, _len: u64) {}
 
 /// Updates encoded in time order; `head` is the next one, decoded. The
 /// encoding is `bytes[pos..]`, followed (for a run on disk) by the file's

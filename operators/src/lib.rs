@@ -22,4 +22,5 @@ pub mod future;
 pub mod gate;
 pub mod monotone;
 pub mod reclock;
+pub mod scratch;
 pub mod split;
