@@ -360,13 +360,56 @@ pub fn selects(sel: &EventSelector, e: &Event) -> bool {
     sel.filter.as_ref().is_none_or(|f| filter_matches(e, f))
 }
 
-/// One event's contribution to an aggregate: its (event time, messageId) for
-/// ordering, and the extracted value (`Null` for `count`).
-pub type Contribution = (i64, String, AggValue);
+/// One event's contribution to an aggregate: the extracted value (`Null`
+/// for `count`), and for `first` and `last` the (event time, messageId)
+/// that orders it.
+///
+/// Every other function depends on the multiset of values alone, so its
+/// contribution is the value and nothing else: equal values of one key
+/// consolidate into one record with a multiplicity (a `count` is one record
+/// per key), and the contribution takes the 32 bytes of an [`AggValue`] in
+/// the arrangements that hold it (the ordered form is boxed, and is kept
+/// once per anchor in insert-only jobs). One aggregate's contributions are
+/// all of one form ([`contribution`] picks it from the function).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Contribution {
+    /// The value alone.
+    Value(AggValue),
+    /// `(event time, messageId, value)`, ordered in that order.
+    Ordered(Box<(i64, Box<str>, AggValue)>),
+}
+
+impl Contribution {
+    /// The contributed value.
+    pub fn value(&self) -> &AggValue {
+        match self {
+            Contribution::Value(v) => v,
+            Contribution::Ordered(o) => &o.2,
+        }
+    }
+
+    /// The (event time, messageId) that orders `first` and `last`
+    /// (`(0, "")` for a value alone).
+    pub fn order(&self) -> (i64, &str) {
+        match self {
+            Contribution::Value(_) => (0, ""),
+            Contribution::Ordered(o) => (o.0, &o.1),
+        }
+    }
+
+    /// `e`'s contribution of `v` to an aggregate of `func`.
+    fn of(func: AggFunc, e: &Event, v: AggValue) -> Contribution {
+        if matches!(func, AggFunc::First | AggFunc::Last) {
+            Contribution::Ordered(Box::new((e.time_ms, e.message_id().into(), v)))
+        } else {
+            Contribution::Value(v)
+        }
+    }
+}
 
 /// The contribution of an event to an aggregate, if it is selected and has the value.
 pub fn contribution(agg: &Aggregate, e: &Event) -> Option<Contribution> {
-    contributed_value(agg, e).map(|v| (e.time_ms, e.message_id().to_string(), v))
+    contributed_value(agg, e).map(|v| Contribution::of(agg.func, e, v))
 }
 
 /// The value an event contributes to an aggregate, if it is selected and has it.
@@ -384,8 +427,8 @@ fn contributed_value(agg: &Aggregate, e: &Event) -> Option<AggValue> {
 pub fn aggregate(func: AggFunc, items: &[(&Contribution, isize)]) -> AggValue {
     let nums = || {
         items.iter().filter_map(|(c, n)| {
-            if let AggValue::Num(x) = c.2 {
-                Some((x, *n))
+            if let AggValue::Num(x) = c.value() {
+                Some((*x, *n))
             } else {
                 None
             }
@@ -415,17 +458,17 @@ pub fn aggregate(func: AggFunc, items: &[(&Contribution, isize)]) -> AggValue {
         AggFunc::First => items
             .iter()
             .map(|(c, _)| *c)
-            .min_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
-            .map_or(AggValue::Null, |c| c.2.clone()),
+            .min_by(|a, b| a.order().cmp(&b.order()))
+            .map_or(AggValue::Null, |c| c.value().clone()),
         AggFunc::Last => items
             .iter()
             .map(|(c, _)| *c)
-            .max_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
-            .map_or(AggValue::Null, |c| c.2.clone()),
+            .max_by(|a, b| a.order().cmp(&b.order()))
+            .map_or(AggValue::Null, |c| c.value().clone()),
         AggFunc::MostFrequent => {
             let mut freq: BTreeMap<&AggValue, isize> = BTreeMap::new();
             for (c, n) in items {
-                *freq.entry(&c.2).or_default() += n;
+                *freq.entry(c.value()).or_default() += n;
             }
             // Highest count; ties: the smallest value (BTreeMap order, first wins).
             let mut best: Option<(&AggValue, isize)> = None;
@@ -439,7 +482,7 @@ pub fn aggregate(func: AggFunc, items: &[(&Contribution, isize)]) -> AggValue {
         AggFunc::Unique => AggValue::List(
             items
                 .iter()
-                .map(|(c, _)| c.2.clone())
+                .map(|(c, _)| c.value().clone())
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect(),
@@ -447,7 +490,7 @@ pub fn aggregate(func: AggFunc, items: &[(&Contribution, isize)]) -> AggValue {
         AggFunc::UniqueCount => AggValue::Num(
             items
                 .iter()
-                .map(|(c, _)| &c.2)
+                .map(|(c, _)| c.value())
                 .collect::<BTreeSet<_>>()
                 .len() as f64,
         ),
@@ -565,9 +608,7 @@ fn window_updates<D: Clone>(
 /// Each profile's contributions to an aggregate, windowed.
 ///
 /// Only `first` and `last` need an event's time and messageId; the other
-/// functions depend on the multiset of values alone, so their contributions
-/// carry `(0, "", value)` and equal values of one profile consolidate into
-/// one record with a multiplicity (a `count` is one record per profile).
+/// functions' contributions are their values alone (see [`Contribution`]).
 fn windowed_contributions<'s, P>(
     events: VecCollection<'s, u64, (P, Event), isize>,
     agg: &Aggregate,
@@ -576,19 +617,11 @@ where
     P: timely::ExchangeData + Ord + Clone,
 {
     let a = agg.clone();
-    let ordered = matches!(agg.func, AggFunc::First | AggFunc::Last);
     let window = agg.events.window.map(|w| w.0);
     let updates = events
         .inner
         .flat_map(move |((p, e), t, r)| {
-            let c = contributed_value(&a, &e).map(|v| {
-                let c: Contribution = if ordered {
-                    (e.time_ms, e.message_id().to_string(), v)
-                } else {
-                    (0, String::new(), v)
-                };
-                (p, c)
-            });
+            let c = contributed_value(&a, &e).map(|v| (p, Contribution::of(a.func, &e, v)));
             let (now, windowed) = match (c, window) {
                 (None, _) => (None, None),
                 (Some(c), None) => (Some((c, t, r)), None),
@@ -623,12 +656,7 @@ pub fn event_contributions(aggs: &[Aggregate], e: &Event) -> Vec<(usize, Contrib
     let mut out = Vec::new();
     for (i, a) in aggs.iter().enumerate() {
         if let Some(v) = contributed_value(a, e) {
-            let c: Contribution = if matches!(a.func, AggFunc::First | AggFunc::Last) {
-                (e.time_ms, e.message_id().to_string(), v)
-            } else {
-                (0, String::new(), v)
-            };
-            out.push((i, c, e.time_ms));
+            out.push((i, Contribution::of(a.func, e, v), e.time_ms));
         }
     }
     out
@@ -1069,6 +1097,28 @@ mod tests {
 
     fn ev(s: &str) -> Event {
         parse_event(s.as_bytes(), &ParseContext::default()).unwrap()
+    }
+
+    #[test]
+    fn a_contribution_takes_the_size_of_a_value() {
+        // The arrangements of contributions hold one per key and distinct
+        // value: the ordered form is boxed so that the common one stays small.
+        assert_eq!(
+            std::mem::size_of::<Contribution>(),
+            std::mem::size_of::<AggValue>()
+        );
+        let e = ev(
+            r#"{"type":"track","event":"X","userId":"u","messageId":"m1","timestamp":"2026-01-01T00:00:00Z","properties":{"n":2}}"#,
+        );
+        let last = parse_computed_trait("last(properties.n from track)").unwrap();
+        let sum = parse_computed_trait("sum(properties.n from track)").unwrap();
+        let c = contribution(&last, &e).unwrap();
+        assert_eq!(c.order(), (e.time_ms, "m1"));
+        assert_eq!(c.value(), &AggValue::Num(2.0));
+        assert_eq!(
+            contribution(&sum, &e),
+            Some(Contribution::Value(AggValue::Num(2.0)))
+        );
     }
 
     #[test]

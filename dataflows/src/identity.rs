@@ -1232,16 +1232,18 @@ impl<'s> IdentityOutputs<'s> {
     }
 
     /// Profile traits, readable.
+    ///
+    /// Joins the traits' own arrangement by profile with the identifiers
+    /// (no second arrangement of the traits).
     pub fn trait_records(&self) -> VecCollection<'s, u64, TraitRecord, isize> {
-        let keyed = self
-            .traits
+        self.traits_by_profile
             .clone()
-            .map(|((p, key), value)| (p, (key, value)));
-        self.name(keyed, "IdentityNameTraits")
-            .map(|(profile, (key, value))| TraitRecord {
-                profile,
-                key,
-                value,
+            .join_core(self.identifiers.clone(), |_p, (key, value), ident| {
+                Some(TraitRecord {
+                    profile: ident.clone(),
+                    key: key.clone(),
+                    value: value.clone(),
+                })
             })
     }
 

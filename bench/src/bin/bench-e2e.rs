@@ -1064,7 +1064,7 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
             "  arrangements: {total} updates held ({}), largest:",
             per(total)
         );
-        for a in tp.arrangements.iter().take(15) {
+        for a in tp.arrangements.iter().take(30) {
             println!(
                 "    {:>10} {:<40} ({} operators{}) {}",
                 a.records,
