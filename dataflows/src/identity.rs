@@ -1236,15 +1236,16 @@ impl<'s> IdentityOutputs<'s> {
     /// Joins the traits' own arrangement by profile with the identifiers
     /// (no second arrangement of the traits).
     pub fn trait_records(&self) -> VecCollection<'s, u64, TraitRecord, isize> {
-        self.traits_by_profile
-            .clone()
-            .join_core(self.identifiers.clone(), |_p, (key, value), ident| {
+        self.traits_by_profile.clone().join_core(
+            self.identifiers.clone(),
+            |_p, (key, value), ident| {
                 Some(TraitRecord {
                     profile: ident.clone(),
                     key: key.clone(),
                     value: value.clone(),
                 })
-            })
+            },
+        )
     }
 
     /// Account traits, readable (`profile` is the account's `group_id`).
