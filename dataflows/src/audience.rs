@@ -621,7 +621,7 @@ where
     let updates = events
         .inner
         .flat_map(move |((p, e), t, r)| {
-            let c = contributed_value(&a, &e).map(|v| (p, Contribution::of(a.func, &e, v)));
+            let c = contribution(&a, &e).map(|c| (p, c));
             let (now, windowed) = match (c, window) {
                 (None, _) => (None, None),
                 (Some(c), None) => (Some((c, t, r)), None),
@@ -655,8 +655,8 @@ pub fn condition_aggregates(c: &Condition) -> Vec<Aggregate> {
 pub fn event_contributions(aggs: &[Aggregate], e: &Event) -> Vec<(usize, Contribution, i64)> {
     let mut out = Vec::new();
     for (i, a) in aggs.iter().enumerate() {
-        if let Some(v) = contributed_value(a, e) {
-            out.push((i, Contribution::of(a.func, e, v), e.time_ms));
+        if let Some(c) = contribution(a, e) {
+            out.push((i, c, e.time_ms));
         }
     }
     out

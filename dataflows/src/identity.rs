@@ -1248,6 +1248,41 @@ impl<'s> IdentityOutputs<'s> {
         )
     }
 
+    /// Audience memberships, readable: `(profile, audience key)` with the
+    /// profile named by its naming identifier (`kind:value`).
+    pub fn membership_records(
+        &self,
+        members: VecCollection<'s, u64, (ProfileId, String), isize>,
+    ) -> VecCollection<'s, u64, crate::audience::Membership, isize> {
+        members.arrange_by_key_named("NameMembers").join_core(
+            self.identifiers.clone(),
+            |_p, audience: &String, ident: &Identifier| {
+                Some(crate::audience::Membership {
+                    audience: audience.clone(),
+                    profile: format!("{}:{}", ident.kind, ident.value),
+                })
+            },
+        )
+    }
+
+    /// Computed trait values, readable: `(profile, (trait name, value))`
+    /// with the profile named as in [`IdentityOutputs::membership_records`].
+    pub fn computed_records(
+        &self,
+        values: VecCollection<'s, u64, (ProfileId, (String, crate::audience::AggValue)), isize>,
+    ) -> VecCollection<'s, u64, crate::audience::TraitValue, isize> {
+        values.arrange_by_key_named("NameComputed").join_core(
+            self.identifiers.clone(),
+            |_p, (name, value): &(String, crate::audience::AggValue), ident: &Identifier| {
+                Some(crate::audience::TraitValue {
+                    name: name.clone(),
+                    profile: format!("{}:{}", ident.kind, ident.value),
+                    value: value.clone(),
+                })
+            },
+        )
+    }
+
     /// Account traits, readable (`profile` is the account's `group_id`).
     pub fn account_trait_records(&self) -> VecCollection<'s, u64, TraitRecord, isize> {
         let keyed = self

@@ -49,8 +49,8 @@ use weft_dataflows::audience::{
 };
 use weft_dataflows::event::Event;
 use weft_dataflows::identity::{
-    identity, identity_insert_only, IdHash, Identifier, IdentityOutputs, IdentityRules,
-    ProfileChangeRecord, ProfileId, ProfileRecord, TraitRecord,
+    identity, identity_insert_only, IdHash, IdentityOutputs, IdentityRules, ProfileChangeRecord,
+    ProfileId, ProfileRecord, TraitRecord,
 };
 use weft_dataflows::ingest::ingest;
 use weft_dataflows::privacy::{apply_rules, resolve, Regulation, Resolved, Rule};
@@ -77,15 +77,15 @@ const SOURCE_BATCH: usize = 8192;
 /// The profile-level outputs of a job, readable for sinks, and what runtime
 /// audiences attach to.
 ///
-/// Each readable output is built only when a sink of the job reads it
-/// (`None` otherwise): naming profiles for a sink arranges the output by
+/// Each readable output is built only when a sink of the job reads it (it
+/// is empty otherwise): naming profiles for a sink arranges the output by
 /// profile, state no one would read.
 struct ProfileOutputs<'s> {
-    identities: Option<VecCollection<'s, u64, ProfileRecord, isize>>,
-    changes: Option<VecCollection<'s, u64, ProfileChangeRecord, isize>>,
-    traits: Option<VecCollection<'s, u64, TraitRecord, isize>>,
-    audiences: Option<VecCollection<'s, u64, Membership, isize>>,
-    computed: Option<VecCollection<'s, u64, TraitValue, isize>>,
+    identities: VecCollection<'s, u64, ProfileRecord, isize>,
+    changes: VecCollection<'s, u64, ProfileChangeRecord, isize>,
+    traits: VecCollection<'s, u64, TraitRecord, isize>,
+    audiences: VecCollection<'s, u64, Membership, isize>,
+    computed: VecCollection<'s, u64, TraitValue, isize>,
     /// The hub and exported arrangements runtime definitions attach to.
     views: Option<JobViews>,
 }
@@ -270,39 +270,21 @@ fn build_profiles<'s>(
     let computed_all = differential_dataflow::collection::concatenate(scope, computed_out);
     // STEP 4. Readable outputs for the sinks that read them, and the profile index.
     let read = |o: OutputName| spec.sinks.iter().any(|s| s.output() == o);
-    let audiences_out = read(OutputName::Audiences).then(|| {
-        members_all
-            .clone()
-            .map(|(p, (_name, key))| (p, key))
-            .arrange_by_key_named("NameMembers")
-            .join_core(
-                ids.identifiers.clone(),
-                |_p, audience: &String, ident: &Identifier| {
-                    Some(Membership {
-                        audience: audience.clone(),
-                        profile: format!("{}:{}", ident.kind, ident.value),
-                    })
-                },
-            )
+    let audiences_out = built_if(read(OutputName::Audiences), scope, || {
+        ids.membership_records(members_all.clone().map(|(p, (_name, key))| (p, key)))
     });
-    let computed_records = read(OutputName::ComputedTraits).then(|| {
-        computed_all
-            .clone()
-            .arrange_by_key_named("NameComputed")
-            .join_core(
-                ids.identifiers.clone(),
-                |_p, (name, value): &(String, AggValue), ident| {
-                    Some(TraitValue {
-                        name: name.clone(),
-                        profile: format!("{}:{}", ident.kind, ident.value),
-                        value: value.clone(),
-                    })
-                },
-            )
+    let computed_records = built_if(read(OutputName::ComputedTraits), scope, || {
+        ids.computed_records(computed_all.clone())
     });
-    let identities = read(OutputName::Identities).then(|| ids.profile_records());
-    let changes = read(OutputName::ProfileChanges).then(|| ids.change_records());
-    let trait_records = read(OutputName::ProfileTraits).then(|| ids.trait_records());
+    let identities = built_if(read(OutputName::Identities), scope, || {
+        ids.profile_records()
+    });
+    let changes = built_if(read(OutputName::ProfileChanges), scope, || {
+        ids.change_records()
+    });
+    let trait_records = built_if(read(OutputName::ProfileTraits), scope, || {
+        ids.trait_records()
+    });
     maintain_profile_index(
         &ids,
         members_all,
@@ -319,6 +301,19 @@ fn build_profiles<'s>(
         computed: computed_records,
         views: Some(JobViews::new(hub, exports)),
     })
+}
+
+/// `build()` when `read`, else an empty collection (an output no sink reads).
+fn built_if<'s, D: Clone + 'static>(
+    read: bool,
+    scope: Scope<'s, u64>,
+    build: impl FnOnce() -> VecCollection<'s, u64, D, isize>,
+) -> VecCollection<'s, u64, D, isize> {
+    if read {
+        build()
+    } else {
+        empty(scope)
+    }
 }
 
 /// Feeds the profile index: every change of a profile's identifiers, traits,
@@ -913,27 +908,23 @@ pub fn build_job(
                 (OutputName::Events, _) => attach_sink(outputs.events.clone(), sink, &cx),
                 (OutputName::Errors, _) => attach_sink(outputs.errors.clone(), sink, &cx),
                 (OutputName::Counts, _) => attach_sink(outputs.counts.clone(), sink, &cx),
-                // Built for every output a sink reads (`build_profiles`);
-                // empty when identity is not running.
-                (OutputName::Identities, p) => {
-                    let c = p.as_ref().and_then(|p| p.identities.clone());
-                    attach_sink::<ProfileRecord>(c.unwrap_or_else(|| empty(scope)), sink, &cx)
+                (OutputName::Identities, Some(p)) => attach_sink(p.identities.clone(), sink, &cx),
+                (OutputName::ProfileChanges, Some(p)) => attach_sink(p.changes.clone(), sink, &cx),
+                (OutputName::ProfileTraits, Some(p)) => attach_sink(p.traits.clone(), sink, &cx),
+                (OutputName::Audiences, Some(p)) => attach_sink(p.audiences.clone(), sink, &cx),
+                (OutputName::ComputedTraits, Some(p)) => attach_sink(p.computed.clone(), sink, &cx),
+                (OutputName::Identities, None) => {
+                    attach_sink::<ProfileRecord>(empty(scope), sink, &cx)
                 }
-                (OutputName::ProfileChanges, p) => {
-                    let c = p.as_ref().and_then(|p| p.changes.clone());
-                    attach_sink::<ProfileChangeRecord>(c.unwrap_or_else(|| empty(scope)), sink, &cx)
+                (OutputName::ProfileChanges, None) => {
+                    attach_sink::<ProfileChangeRecord>(empty(scope), sink, &cx)
                 }
-                (OutputName::ProfileTraits, p) => {
-                    let c = p.as_ref().and_then(|p| p.traits.clone());
-                    attach_sink::<TraitRecord>(c.unwrap_or_else(|| empty(scope)), sink, &cx)
+                (OutputName::ProfileTraits, None) => {
+                    attach_sink::<TraitRecord>(empty(scope), sink, &cx)
                 }
-                (OutputName::Audiences, p) => {
-                    let c = p.as_ref().and_then(|p| p.audiences.clone());
-                    attach_sink::<Membership>(c.unwrap_or_else(|| empty(scope)), sink, &cx)
-                }
-                (OutputName::ComputedTraits, p) => {
-                    let c = p.as_ref().and_then(|p| p.computed.clone());
-                    attach_sink::<TraitValue>(c.unwrap_or_else(|| empty(scope)), sink, &cx)
+                (OutputName::Audiences, None) => attach_sink::<Membership>(empty(scope), sink, &cx),
+                (OutputName::ComputedTraits, None) => {
+                    attach_sink::<TraitValue>(empty(scope), sink, &cx)
                 }
             }
         }

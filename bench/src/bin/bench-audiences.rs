@@ -87,11 +87,10 @@ use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 use weft_bench::gen::{parse_iso8601_ms, GenConfig, Generator};
 use weft_dataflows::audience::{
-    compile_aggregate, compile_audience, AggValue, Members, Membership, ProfileInputs, TraitValue,
-    TraitValues,
+    compile_aggregate, compile_audience, Members, ProfileInputs, TraitValues,
 };
 use weft_dataflows::event::{parse_event, Event, Field, ParseContext};
-use weft_dataflows::identity::{id_hash, identity, IdHash, Identifier, ProfileId};
+use weft_dataflows::identity::{id_hash, identity, IdHash, ProfileId};
 use weft_dataflows::query::{parse_audience, parse_computed_trait};
 use weft_dataflows::spec::IdentitySpec;
 
@@ -1073,31 +1072,16 @@ fn build_profiles<'s>(
         compiled.insert(name.clone(), members);
     }
     let scope = inputs.profiles.scope();
-    differential_dataflow::collection::concatenate(scope, members_out)
-        .arrange_by_key_named("NameMembers")
-        .join_core(
-            ids.identifiers.clone(),
-            |_p, audience: &String, ident: &Identifier| {
-                Some(Membership {
-                    audience: audience.clone(),
-                    profile: format!("{}:{}", ident.kind, ident.value),
-                })
-            },
-        )
-        .probe_with(probe);
-    differential_dataflow::collection::concatenate(scope, computed_out)
-        .arrange_by_key_named("NameComputed")
-        .join_core(
-            ids.identifiers.clone(),
-            |_p, (name, value): &(String, AggValue), ident| {
-                Some(TraitValue {
-                    name: name.clone(),
-                    profile: format!("{}:{}", ident.kind, ident.value),
-                    value: value.clone(),
-                })
-            },
-        )
-        .probe_with(probe);
+    ids.membership_records(differential_dataflow::collection::concatenate(
+        scope,
+        members_out,
+    ))
+    .probe_with(probe);
+    ids.computed_records(differential_dataflow::collection::concatenate(
+        scope,
+        computed_out,
+    ))
+    .probe_with(probe);
     let profiles_capture = Shared::new(Capture::new(cutoff).into());
     let capture = profiles_capture.clone();
     ids.profiles.inspect(move |(d, t, r)| {
