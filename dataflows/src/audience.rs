@@ -744,18 +744,24 @@ where
     /// Drops, for an insert-only input (a job without regulations: no event
     /// is ever retracted), the contributions no evaluation can pick again:
     /// per key and aggregate, `last` keeps only its latest contribution
-    /// (with a window too: a later event also expires later) and an
-    /// unwindowed `first` only its earliest. Everything else passes as is.
+    /// (with a window too: a later event also expires later), an
+    /// unwindowed `first` only its earliest, and `max` (`min`) only the
+    /// numbers that no other number at least as large (small) and at least
+    /// as late dominates: within a window, the decreasing (increasing)
+    /// sequence of maxima still to come, of which the first is the maximum;
+    /// without one, the maximum. Everything else passes as is.
     ///
     /// Runs before [`SharedAggregates::window`] on the same
     /// `(key, (aggregate index, contribution, event time))`: a replaced
     /// contribution is retracted when its successor arrives, and windows
-    /// commute with that retraction. A contribution whose event time is
-    /// ahead of its logical time (which a window would insert only later)
-    /// passes unpruned and never replaces another, so nothing is dropped
-    /// before its successor counts. The per-key state is one contribution
-    /// (`weft_operators::monotone`), which panics on a retraction: call
-    /// this only where the input cannot retract.
+    /// commute with that retraction (a dominated contribution expires no
+    /// later than the one that dominates it). A contribution whose event
+    /// time is ahead of its logical time (which a window would insert only
+    /// later) passes unpruned and never replaces another, so nothing is
+    /// dropped before its successor counts. The per-key state is one
+    /// contribution (`weft_operators::monotone`), or for `max`/`min` the
+    /// undominated ones; both panic on a retraction: call this only where
+    /// the input cannot retract.
     pub fn prune_insert_only<K>(
         contributions: VecCollection<'s, u64, (K, (usize, Contribution, i64)), isize>,
         aggs: &[Aggregate],
@@ -764,7 +770,7 @@ where
         K: timely::ExchangeData + Ord + Hash + Clone,
     {
         use timely::dataflow::operators::vec::Partition as _;
-        use weft_operators::monotone::MonotoneMin as _;
+        use weft_operators::monotone::{MonotoneMin as _, MonotoneUndominated as _};
         let rules: Vec<Option<Pick>> = aggs
             .iter()
             .map(|a| match (a.func, a.events.window) {
@@ -773,15 +779,32 @@ where
                 _ => None,
             })
             .collect();
-        if rules.iter().all(Option::is_none) {
+        // `max`/`min`: (larger is better?, windowed?)
+        let extremes: Vec<Option<(bool, bool)>> = aggs
+            .iter()
+            .map(|a| match a.func {
+                AggFunc::Max => Some((true, a.events.window.is_some())),
+                AggFunc::Min => Some((false, a.events.window.is_some())),
+                _ => None,
+            })
+            .collect();
+        if rules.iter().all(Option::is_none) && extremes.iter().all(Option::is_none) {
             return contributions;
         }
         let keep = rules.clone();
+        let ext = extremes.clone();
         let parts = contributions
             .inner
-            .partition(2, move |((k, (i, c, e)), t, r)| {
-                let prunable = keep[i].is_some() && e.max(0) as u64 <= t;
-                (u64::from(prunable), ((k, (i, c, e)), t, r))
+            .partition(3, move |((k, (i, c, e)), t, r)| {
+                let settled = e.max(0) as u64 <= t;
+                let part = if keep[i].is_some() && settled {
+                    1
+                } else if ext[i].is_some() && settled && matches!(c.value(), AggValue::Num(_)) {
+                    2
+                } else {
+                    0
+                };
+                (part, ((k, (i, c, e)), t, r))
             });
         let passed = parts[0].clone().as_collection();
         let pruned = parts[1]
@@ -793,7 +816,29 @@ where
                 let (c, e) = p.into_inner();
                 (k, (i, c, e))
             });
-        passed.concat(pruned)
+        // (better, later, contribution, event time): `better` orders numbers
+        // by `f64::total_cmp`, negated for `min`; `later` is 0 without a window.
+        let undominated = parts[2]
+            .clone()
+            .as_collection()
+            .map(move |(k, (i, c, e))| {
+                let (larger, windowed) = extremes[i].expect("an extreme");
+                let AggValue::Num(x) = *c.value() else {
+                    unreachable!("partitioned on numbers")
+                };
+                let bits = x.to_bits() as i64;
+                let key = bits ^ (((bits >> 63) as u64) >> 1) as i64;
+                let better = if larger { key } else { !key };
+                ((k, i), (better, if windowed { e } else { 0 }, c, e))
+            })
+            .monotone_undominated(
+                "PruneMaxMin",
+                |u: &(i64, i64, Contribution, i64), v: &(i64, i64, Contribution, i64)| {
+                    u.0 >= v.0 && u.1 >= v.1
+                },
+            )
+            .map(|((k, i), (_, _, c, e))| (k, (i, c, e)));
+        passed.concat(pruned).concat(undominated)
     }
 
     /// Applies each aggregate's window to contributions keyed by anything

@@ -1283,6 +1283,47 @@ impl<'s> IdentityOutputs<'s> {
         )
     }
 
+    /// One audience's memberships, readable (as
+    /// [`IdentityOutputs::membership_records`]), from the audience's own
+    /// arrangement by profile: no second arrangement of its members.
+    pub fn audience_records(
+        &self,
+        key: &str,
+        members: &Arranged<'s, crate::audience::MembersTrace<ProfileId>>,
+    ) -> VecCollection<'s, u64, crate::audience::Membership, isize> {
+        let key = key.to_string();
+        members.clone().join_core(
+            self.identifiers.clone(),
+            move |_p, (), ident: &Identifier| {
+                Some(crate::audience::Membership {
+                    audience: key.clone(),
+                    profile: format!("{}:{}", ident.kind, ident.value),
+                })
+            },
+        )
+    }
+
+    /// One computed trait's values, readable (as
+    /// [`IdentityOutputs::computed_records`]), from the trait's own
+    /// arrangement by profile: no second arrangement of its values.
+    pub fn trait_value_records(
+        &self,
+        name: &str,
+        values: &Arranged<'s, crate::audience::ValuesTrace<ProfileId>>,
+    ) -> VecCollection<'s, u64, crate::audience::TraitValue, isize> {
+        let name = name.to_string();
+        values.clone().join_core(
+            self.identifiers.clone(),
+            move |_p, value: &crate::audience::AggValue, ident: &Identifier| {
+                Some(crate::audience::TraitValue {
+                    name: name.clone(),
+                    profile: format!("{}:{}", ident.kind, ident.value),
+                    value: value.clone(),
+                })
+            },
+        )
+    }
+
     /// Account traits, readable (`profile` is the account's `group_id`).
     pub fn account_trait_records(&self) -> VecCollection<'s, u64, TraitRecord, isize> {
         let keyed = self

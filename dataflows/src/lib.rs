@@ -13,6 +13,7 @@
 #![forbid(missing_docs)]
 
 pub mod audience;
+pub mod chain;
 pub mod event;
 pub mod identity;
 pub mod ingest;

@@ -1,8 +1,8 @@
 //! Events at rest: the compressed form the long-lived state keeps, on disk.
 //!
 //! Events pass through most operators and are gone; two pieces of state keep
-//! them for as long as they exist: the events-by-anchor arrangement (which
-//! runtime definitions backfill from) and the Profile API's index. There an
+//! them for as long as they exist: events by anchor (which runtime
+//! definitions backfill from) and the Profile API's index. There an
 //! event's kept text, a kilobyte of JSON of which half is `context`, was the
 //! largest part of a job's memory. A [`StoredEvent`] keeps it compressed
 //! with zstd and a dictionary trained on this process's first events (about
@@ -29,6 +29,12 @@
 //! - the dictionary is per process: between processes (timely's exchange
 //!   serializes) an event travels uncompressed and the receiver compresses
 //!   it with its own dictionary.
+//!
+//! **Chains.** In a job without regulations, events by anchor keep one
+//! handle per anchor, not per event: [`StoredEvent::store_linked`] writes
+//! each event's record with a header linking it to its anchor's previous
+//! record, and [`StoredEvent::chain`] walks back from the latest (see
+//! `crate::chain`). Linked records are never erased.
 //!
 //! Until the dictionary is trained (from [`TRAINING_SAMPLES`] records, on a
 //! background thread) events are compressed without one.
@@ -76,14 +82,28 @@ enum Body {
     Disk(u64),
     #[allow(clippy::box_collection)]
     Heap(Box<Box<[u8]>>),
+    /// `offset << 24 | length` of a linked record (`[LINK_HEADER][body]`)
+    /// in the chain log ([`chain_log`]); never erased (see
+    /// [`StoredEvent::store_linked`]).
+    Linked(u64),
 }
+
+/// A linked record's header: the previous record's packed extent
+/// (`NO_LINK` for none), time, fingerprint and type (33 bytes).
+const LINK_HEADER: usize = 8 + 8 + 16 + 1;
+/// The packed extent of no record (every record has a length).
+const NO_LINK: u64 = 0;
 
 const LEN_BITS: u32 = 24;
 
 impl Body {
     fn disk(offset: u64, len: usize) -> Option<Body> {
-        (offset < 1 << 40 && len < 1 << LEN_BITS)
-            .then(|| Body::Disk(offset << LEN_BITS | len as u64))
+        Body::pack(offset, len).map(Body::Disk)
+    }
+
+    /// `offset << 24 | length`, if both fit.
+    fn pack(offset: u64, len: usize) -> Option<u64> {
+        (offset < 1 << 40 && len < 1 << LEN_BITS).then(|| offset << LEN_BITS | len as u64)
     }
 
     fn heap(bytes: Vec<u8>) -> Body {
@@ -137,6 +157,87 @@ impl StoredEvent {
         }
     }
 
+    /// Stores `e` in the process's chain log linked to `prev`, the previous
+    /// event of the same chain (an anchor's history, for instance): from the
+    /// new handle, [`StoredEvent::chain`] walks back through `prev` and its
+    /// own links, reading them from the log, so the chain's earlier handles
+    /// need not be kept. Linked records are never erased: chains are for
+    /// histories that only grow (jobs without regulations). `prev` that is
+    /// not linked (or `None`) starts a new chain. The chain log is the event
+    /// log, or memory with `WEFT_EVENT_LOG=memory` (see [`chain_log`]).
+    pub fn store_linked(e: &Event, prev: Option<&StoredEvent>) -> StoredEvent {
+        let (fingerprint, bytes) = encode(e);
+        let link = prev.and_then(StoredEvent::link).unwrap_or(NO_LINK);
+        let mut record = Vec::with_capacity(LINK_HEADER + bytes.len());
+        record.extend_from_slice(&link.to_le_bytes());
+        record.extend_from_slice(&e.time_ms.to_le_bytes());
+        record.extend_from_slice(&fingerprint[0].to_le_bytes());
+        record.extend_from_slice(&fingerprint[1].to_le_bytes());
+        record.push(kind_tag(e.kind));
+        record.extend_from_slice(&bytes);
+        // (Not through `Body::disk`: a dropped `Body::Disk` erases its extent.)
+        let body = match chain_log()
+            .append(&record)
+            .and_then(|offset| Body::pack(offset, record.len()))
+        {
+            Some(packed) => Body::Linked(packed),
+            None => {
+                // Only a full log (2^40 bytes) gets here: events are at
+                // most 32 KiB. The chain restarts at this event.
+                tracing::error!("chain log full: an event chain restarts (runtime definitions will not see its earlier events)");
+                Body::heap(bytes)
+            }
+        };
+        StoredEvent {
+            time_ms: e.time_ms,
+            kind: e.kind,
+            fingerprint,
+            body: Arc::new(body),
+        }
+    }
+
+    /// The packed extent of a linked record.
+    fn link(&self) -> Option<u64> {
+        match *self.body {
+            Body::Linked(packed) => Some(packed),
+            _ => None,
+        }
+    }
+
+    /// The chain ending at this event, newest first: this event, then (for a
+    /// linked one, see [`StoredEvent::store_linked`]) the events linked
+    /// before it, each read from the log. An event not linked is a chain
+    /// of one.
+    pub fn chain(&self) -> Chain {
+        Chain {
+            next: Some(self.clone()),
+            stop: None,
+        }
+    }
+
+    /// The events of `self`'s chain that are not in `older`'s, newest first,
+    /// if `older` is in `self`'s chain (an earlier head of the same chain);
+    /// `None` if it is not.
+    pub fn chain_since(&self, older: &StoredEvent) -> Option<Chain> {
+        let stop = older.link()?;
+        // Check that `older` is reached (headers only): records are appended
+        // in chain order, so an ancestor has a lower offset.
+        let mut at = self.link();
+        while let Some(packed) = at {
+            if packed == stop {
+                return Some(Chain {
+                    next: (self.link() != Some(stop)).then(|| self.clone()),
+                    stop: Some(stop),
+                });
+            }
+            if packed < stop {
+                return None;
+            }
+            at = read_link(packed);
+        }
+        None
+    }
+
     /// The event, exactly as stored.
     pub fn load(&self) -> Event {
         self.with_body(|body| {
@@ -157,7 +258,11 @@ impl StoredEvent {
 
     /// Whether the body is in the event log (not on the heap).
     pub fn on_disk(&self) -> bool {
-        matches!(*self.body, Body::Disk(_))
+        match *self.body {
+            Body::Disk(_) => true,
+            Body::Linked(_) => log().is_some(),
+            Body::Heap(_) => false,
+        }
     }
 
     fn with_body<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
@@ -167,6 +272,10 @@ impl StoredEvent {
                 let (offset, len) = Body::extent(*packed);
                 let log = log().expect("an event in the log implies the log");
                 f(&log.read(offset, len))
+            }
+            Body::Linked(packed) => {
+                let (offset, len) = Body::extent(*packed);
+                f(&chain_log().read(offset, len)[LINK_HEADER..])
             }
         }
     }
@@ -189,6 +298,60 @@ fn encode(e: &Event) -> ([u64; 2], Vec<u8>) {
     body.extend_from_slice(id);
     compress(&plain, &mut body);
     (fingerprint, body)
+}
+
+/// An iterator over a chain of linked events, newest first (see
+/// [`StoredEvent::chain`]).
+pub struct Chain {
+    next: Option<StoredEvent>,
+    /// Stop before the record with this packed extent.
+    stop: Option<u64>,
+}
+
+impl Iterator for Chain {
+    type Item = StoredEvent;
+
+    fn next(&mut self) -> Option<StoredEvent> {
+        let current = self.next.take()?;
+        if let Some(packed) = current.link() {
+            self.next = read_link(packed)
+                .filter(|prev| Some(*prev) != self.stop)
+                .map(read_linked);
+        }
+        Some(current)
+    }
+}
+
+/// The link (previous record's packed extent) of the linked record at `packed`.
+fn read_link(packed: u64) -> Option<u64> {
+    let (offset, _) = Body::extent(packed);
+    let header = chain_log().read(offset, 8);
+    let link = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+    (link != NO_LINK).then_some(link)
+}
+
+/// A handle to the linked record at `packed`, from its header.
+fn read_linked(packed: u64) -> StoredEvent {
+    let (offset, _) = Body::extent(packed);
+    let h = chain_log().read(offset, LINK_HEADER as u32);
+    let word = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+    StoredEvent {
+        time_ms: word(8) as i64,
+        kind: kind_of_tag(h[32]),
+        fingerprint: [word(16), word(24)],
+        body: Arc::new(Body::Linked(packed)),
+    }
+}
+
+fn kind_tag(kind: EventType) -> u8 {
+    EventType::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .expect("every type is in ALL") as u8
+}
+
+fn kind_of_tag(tag: u8) -> EventType {
+    EventType::ALL[tag as usize]
 }
 
 fn id_len(body: &[u8]) -> usize {
@@ -233,6 +396,7 @@ impl std::fmt::Debug for StoredEvent {
         let (place, bytes) = match &*self.body {
             Body::Heap(b) => ("heap", b.len()),
             Body::Disk(packed) => ("log", Body::extent(*packed).1 as usize),
+            Body::Linked(packed) => ("linked", Body::extent(*packed).1 as usize),
         };
         f.debug_struct("StoredEvent")
             .field("time_ms", &self.time_ms)
@@ -278,7 +442,8 @@ const ERASE_BATCH: usize = 1024;
 /// memory (nothing is lost: the process uses memory as before) and the
 /// write is retried when the tail has doubled.
 pub struct EventLog {
-    file: std::fs::File,
+    /// `None`: a log in memory (the tail is never written).
+    file: Option<std::fs::File>,
     state: Mutex<LogState>,
     written: AtomicU64,
     erased: AtomicU64,
@@ -313,18 +478,31 @@ pub struct EventLogStats {
 impl EventLog {
     /// An event log in a new unnamed file under `dir`.
     pub fn create(dir: &std::path::Path) -> std::io::Result<EventLog> {
-        Ok(EventLog {
-            file: tempfile::tempfile_in(dir)?,
+        Ok(EventLog::with_file(Some(tempfile::tempfile_in(dir)?)))
+    }
+
+    /// An event log in memory: everything stays in the tail.
+    pub fn in_memory() -> EventLog {
+        EventLog::with_file(None)
+    }
+
+    fn with_file(file: Option<std::fs::File>) -> EventLog {
+        EventLog {
             state: Mutex::new(LogState {
                 flushed: 0,
                 tail: Vec::new(),
-                flush_at: TAIL_BYTES,
+                flush_at: if file.is_some() {
+                    TAIL_BYTES
+                } else {
+                    usize::MAX
+                },
                 erase: Vec::new(),
             }),
+            file,
             written: AtomicU64::new(0),
             erased: AtomicU64::new(0),
             write_failures: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Appends `bytes`; returns their offset (`None` if the log is full,
@@ -348,7 +526,10 @@ impl EventLog {
     /// pending erasures.
     fn write_tail(&self, st: &mut LogState) {
         use std::os::unix::fs::FileExt;
-        match self.file.write_all_at(&st.tail, st.flushed) {
+        let Some(file) = &self.file else {
+            return; // in memory: the tail is the log
+        };
+        match file.write_all_at(&st.tail, st.flushed) {
             Ok(()) => {
                 st.flushed += st.tail.len() as u64;
                 st.tail.clear();
@@ -383,6 +564,8 @@ impl EventLog {
         }
         // Written, and immutable while a handle to it lives.
         self.file
+            .as_ref()
+            .expect("only a log with a file writes its tail")
             .read_exact_at(&mut buf, offset)
             .expect("the event log reads back what it wrote");
         buf
@@ -409,6 +592,9 @@ impl EventLog {
 
     /// Punches the extents (merged where adjacent) out of the file.
     fn punch(&self, mut extents: Vec<(u64, u32)>) {
+        let Some(file) = &self.file else {
+            return; // in memory: erased in the tail
+        };
         extents.sort_unstable();
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for (o, l) in extents {
@@ -418,10 +604,10 @@ impl EventLog {
             }
         }
         for (start, end) in ranges {
-            if !weft_operators::scratch::punch_hole(&self.file, start, end - start) {
+            if !weft_operators::scratch::punch_hole(file, start, end - start) {
                 use std::os::unix::fs::FileExt;
                 let zeros = vec![0u8; (end - start) as usize];
-                if self.file.write_all_at(&zeros, start).is_err() {
+                if file.write_all_at(&zeros, start).is_err() {
                     self.write_failures.fetch_add(1, AtomicOrdering::Relaxed);
                 }
             }
@@ -453,7 +639,9 @@ impl EventLog {
     pub fn raw(&self, offset: u64, len: usize) -> Vec<u8> {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; len];
-        let _ = self.file.read_at(&mut buf, offset);
+        if let Some(file) = &self.file {
+            let _ = file.read_at(&mut buf, offset);
+        }
         buf
     }
 }
@@ -475,6 +663,14 @@ pub fn scratch_dir() -> Option<std::path::PathBuf> {
             .map(std::path::PathBuf::from)
             .unwrap_or_else(std::env::temp_dir),
     )
+}
+
+/// Where linked records go ([`StoredEvent::store_linked`]): the process's
+/// event log, or with none (`WEFT_EVENT_LOG=memory`, or no file could be
+/// created) a log in memory.
+pub fn chain_log() -> &'static EventLog {
+    static MEMORY: OnceLock<EventLog> = OnceLock::new();
+    log().unwrap_or_else(|| MEMORY.get_or_init(EventLog::in_memory))
 }
 
 /// The process's event log (created on first use), if any.
@@ -698,6 +894,73 @@ mod tests {
         assert_eq!(t.load(), ev(1));
     }
 
+    /// Chains: interleaved appends to three chains walk back newest first,
+    /// load exactly, and `chain_since` is the part after an earlier head.
+    #[test]
+    fn linked_events_walk_back_their_chain() {
+        let mut heads: Vec<Option<StoredEvent>> = vec![None, None, None];
+        let mut expected: Vec<Vec<Event>> = vec![Vec::new(); 3];
+        let mut earlier: Vec<Option<(StoredEvent, usize)>> = vec![None, None, None];
+        // (Few events: the dictionary test needs its first events stored untrained.)
+        for i in 0..300 {
+            let c = i * 7 % 3;
+            let e = ev(i);
+            let h = StoredEvent::store_linked(&e, heads[c].as_ref());
+            assert_eq!(h, StoredEvent::transient(&e), "equal to any store of it");
+            heads[c] = Some(h);
+            expected[c].push(e);
+            if i == 150 + c {
+                earlier[c] = Some((heads[c].clone().unwrap(), expected[c].len()));
+            }
+        }
+        for c in 0..3 {
+            let head = heads[c].as_ref().unwrap();
+            let walked: Vec<Event> = head.chain().map(|s| s.load()).collect();
+            let mut want = expected[c].clone();
+            want.reverse();
+            assert_eq!(walked, want, "chain {c}");
+            // Walked handles equal the stored ones (time, fingerprint, type).
+            let handles: Vec<StoredEvent> = head.chain().collect();
+            assert!(handles
+                .iter()
+                .zip(&want)
+                .all(|(h, e)| *h == StoredEvent::transient(e)));
+            if let Some((old, n)) = &earlier[c] {
+                let since: Vec<Event> = head.chain_since(old).unwrap().map(|s| s.load()).collect();
+                let mut want: Vec<Event> = expected[c][*n..].to_vec();
+                want.reverse();
+                assert_eq!(since, want, "chain {c} since an earlier head");
+                assert_eq!(head.chain_since(head).unwrap().count(), 0);
+            }
+        }
+        // Another chain's head is not an ancestor; an unlinked event is a chain of one.
+        let (a, b) = (heads[0].as_ref().unwrap(), heads[1].as_ref().unwrap());
+        assert!(a.chain_since(b).is_none() || b.chain_since(a).is_none());
+        assert!(a.chain_since(b).is_none());
+        let lone = StoredEvent::store(&ev(9));
+        assert_eq!(lone.chain().collect::<Vec<_>>(), vec![lone.clone()]);
+        assert!(a.chain_since(&lone).is_none());
+        // A chain continued from an unlinked event starts afresh.
+        let after = StoredEvent::store_linked(&ev(10), Some(&lone));
+        assert_eq!(after.chain().count(), 1);
+    }
+
+    /// A log in memory reads back what it holds.
+    #[test]
+    fn a_log_in_memory_reads_back() {
+        let log = EventLog::in_memory();
+        let at: Vec<(u64, Vec<u8>)> = (0..5000u32)
+            .map(|i| {
+                let r: Vec<u8> = (0..200 + i % 50).map(|j| (i ^ j) as u8).collect();
+                (log.append(&r).unwrap(), r)
+            })
+            .collect();
+        assert_eq!(log.stats().buffered_bytes, log.stats().written_bytes);
+        for (o, r) in at.iter().step_by(11) {
+            assert_eq!(&log.read(*o, r.len() as u32), r);
+        }
+    }
+
     #[test]
     fn a_handle_is_small() {
         assert_eq!(std::mem::size_of::<StoredEvent>(), 40);
@@ -729,7 +992,7 @@ mod tests {
             .take(100)
             .map(|(_, s)| match *s.body {
                 Body::Disk(packed) => Body::extent(packed),
-                Body::Heap(_) => unreachable!("on disk"),
+                _ => unreachable!("on disk, not linked"),
             })
             .collect();
         let log = log().unwrap();

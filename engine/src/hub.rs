@@ -116,7 +116,10 @@ pub type ProfilesTrace = TraceAgent<KeySpine<ProfileId, u64, isize>>;
 /// The arrangements a job's core dataflow exports to runtime definitions
 /// (this worker's part), and the outputs of its definitions.
 pub struct Exports {
-    /// Events by anchor identifier (at rest, compressed).
+    /// Events by anchor identifier (at rest, compressed); in a job without
+    /// regulations, each anchor's latest event, the head of its chain of
+    /// events in the log (see `weft_dataflows::chain`). Either way
+    /// `expand_chains` gives the events.
     pub events_by_anchor: HashTrace<StoredEvent>,
     /// Identifier → profile.
     pub profile_of: HashTrace<ProfileId>,

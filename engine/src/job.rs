@@ -47,6 +47,7 @@ use weft_dataflows::audience::{
     arrange_aggregate, arrange_audience, condition_aggregates, event_contributions, AggValue,
     Members, Membership, ProfileInputs, SharedAggregates, TraitValue, TraitValues,
 };
+use weft_dataflows::chain::{anchor_heads, expand_chains};
 use weft_dataflows::event::Event;
 use weft_dataflows::identity::{
     identity, identity_insert_only, IdHash, IdentityOutputs, IdentityRules, ProfileChangeRecord,
@@ -130,24 +131,36 @@ fn build_profiles<'s>(
     // written there. Events move to the anchor's worker first (the
     // arrangement's own exchange then stays local), so a stored event never
     // travels between processes (it would be read back and stored again).
-    let events_by_anchor = ids
-        .anchored
-        .clone()
-        .inner
-        .exchange(|((a, _), _, _)| a.hashed().into())
-        .map(|((a, e), t, r)| {
-            let stored = if r > 0 {
-                StoredEvent::store(&e)
-            } else {
-                StoredEvent::transient(&e)
-            };
-            ((a, stored), t, r)
-        })
-        .as_collection()
-        .arrange_by_key_named("EventsByAnchor");
-    let profile_events = events_by_anchor
-        .clone()
-        .join_core(ids.profile_of.clone(), |_h, e, p| Some((*p, e.clone())));
+    // Without regulations an anchor's history only grows: each event is
+    // linked to its anchor's previous one in the log, and the arrangement
+    // keeps one head per anchor, which stands for its chain of events
+    // (`weft_dataflows::chain`); `expand_chains` turns head changes back
+    // into event changes.
+    let events_by_anchor = if insert_only {
+        anchor_heads(ids.anchored.clone()).arrange_by_key_named("EventHeadsByAnchor")
+    } else {
+        ids.anchored
+            .clone()
+            .inner
+            .exchange(|((a, _), _, _)| a.hashed().into())
+            .map(|((a, e), t, r)| {
+                let stored = if r > 0 {
+                    StoredEvent::store(&e)
+                } else {
+                    StoredEvent::transient(&e)
+                };
+                ((a, stored), t, r)
+            })
+            .as_collection()
+            .arrange_by_key_named("EventsByAnchor")
+    };
+    let profile_events = expand_chains(
+        events_by_anchor
+            .clone()
+            .join_core(ids.profile_of.clone(), |a, e, p| {
+                Some((*p, (*a, e.clone())))
+            }),
+    );
     let profiles = ids
         .profiles
         .clone()
@@ -216,12 +229,16 @@ fn build_profiles<'s>(
     // STEP 2. The spec's computed traits and audiences, each exported.
     let mut computed: BTreeMap<String, TraitValues<'s, ProfileId>> = BTreeMap::new();
     let mut computed_out = Vec::new();
+    // Each spec definition's own arrangement, to name its profiles for sinks.
+    let mut spec_values = Vec::new();
+    let mut spec_members = Vec::new();
     for t in &spec.traits {
         let agg = parse_computed_trait(&t.query).map_err(|e| format!("trait {}: {e}", t.name))?;
         let arranged = arrange_aggregate(&inputs, &agg);
         exports
             .values
             .insert(t.name.clone(), arranged.trace.clone());
+        spec_values.push((t.name.clone(), arranged.clone()));
         let values = arranged.as_collection(|p, v| (*p, v.clone()));
         let name = t.name.clone();
         computed_out.push(values.clone().map(move |(p, v)| (p, (name.clone(), v))));
@@ -235,6 +252,10 @@ fn build_profiles<'s>(
         exports
             .members
             .insert(a.name.clone(), arranged.trace.clone());
+        spec_members.push((
+            a.key.clone().unwrap_or_else(|| a.name.clone()),
+            arranged.clone(),
+        ));
         let members = arranged.as_collection(|p, _| *p);
         let name_key = (
             a.name.clone(),
@@ -258,23 +279,37 @@ fn build_profiles<'s>(
     let hub = Rc::new(RefCell::new(Hub::default()));
     let exports = Rc::new(RefCell::new(exports));
     let runtime = hub_operator(base, hub.clone(), exports.clone());
-    members_out.push(runtime.clone().flat_map(|(p, r)| match r {
+    let runtime_members = runtime.clone().flat_map(|(p, r)| match r {
         HubRecord::Member { name, key } => Some((p, (name, key))),
         HubRecord::Value { .. } => None,
-    }));
-    computed_out.push(runtime.flat_map(|(p, r)| match r {
+    });
+    let runtime_values = runtime.flat_map(|(p, r)| match r {
         HubRecord::Value { name, value } => Some((p, (name, value))),
         HubRecord::Member { .. } => None,
-    }));
+    });
+    members_out.push(runtime_members.clone());
+    computed_out.push(runtime_values.clone());
     let members_all = differential_dataflow::collection::concatenate(scope, members_out);
     let computed_all = differential_dataflow::collection::concatenate(scope, computed_out);
     // STEP 4. Readable outputs for the sinks that read them, and the profile index.
     let read = |o: OutputName| spec.sinks.iter().any(|s| s.output() == o);
+    // Spec definitions are named from their own arrangements; runtime
+    // ones (arriving through the hub) are arranged to be named.
     let audiences_out = built_if(read(OutputName::Audiences), scope, || {
-        ids.membership_records(members_all.clone().map(|(p, (_name, key))| (p, key)))
+        let mut named: Vec<_> = spec_members
+            .iter()
+            .map(|(key, arranged)| ids.audience_records(key, arranged))
+            .collect();
+        named.push(ids.membership_records(runtime_members.map(|(p, (_name, key))| (p, key))));
+        differential_dataflow::collection::concatenate(scope, named)
     });
     let computed_records = built_if(read(OutputName::ComputedTraits), scope, || {
-        ids.computed_records(computed_all.clone())
+        let mut named: Vec<_> = spec_values
+            .iter()
+            .map(|(name, arranged)| ids.trait_value_records(name, arranged))
+            .collect();
+        named.push(ids.computed_records(runtime_values));
+        differential_dataflow::collection::concatenate(scope, named)
     });
     let identities = built_if(read(OutputName::Identities), scope, || {
         ids.profile_records()

@@ -50,6 +50,7 @@ use weft_dataflows::audience::{
     arrange_aggregate, arrange_audience, AggValue, Members, MembersTrace, ProfileInputs,
     TraitValues, ValuesTrace,
 };
+use weft_dataflows::chain::expand_chains;
 use weft_dataflows::identity::{HashTrace, ProfileId};
 use weft_dataflows::query::{parse_audience, parse_computed_trait, Aggregate, Condition};
 use weft_dataflows::spec::JobSpec;
@@ -551,7 +552,11 @@ fn build_definition<'s>(
     let (profiles, _) = imports.profiles.import_frontier(scope, "Import:Profiles");
     let inputs = ProfileInputs {
         profiles: profiles.as_collection(|p, _| *p),
-        events: anchored.join_core(profile_of, |_h, e, p| Some((*p, e.load()))),
+        // Heads (a job without regulations) or events: both expand to events.
+        events: expand_chains(
+            anchored.join_core(profile_of, |a, e, p| Some((*p, (*a, e.clone())))),
+        )
+        .map(|(p, e)| (p, e.load())),
         traits: traits.as_collection(|p, (k, v)| (*p, (k.to_string(), v.to_string()))),
         shared: None,
     };

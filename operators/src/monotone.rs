@@ -127,3 +127,126 @@ where
             .as_collection()
     }
 }
+
+/// Adds [`MonotoneUndominated::monotone_undominated`] to collections of
+/// `(key, value)`.
+pub trait MonotoneUndominated<'scope, K, V> {
+    /// `(key, value)` for each value of an insert-only collection that no
+    /// other value of its key dominates: the generalisation of
+    /// [`MonotoneMin`] to a partial order. `dominates(u, v)` says that `v`
+    /// is never needed while `u` is present; it must be a preorder
+    /// (reflexive: of equal values one is kept, once). Per key the state is
+    /// the undominated values (the Pareto frontier), applied one completed
+    /// time at a time as in the module docs; a new value that an earlier one
+    /// dominates is dropped, and the values a new one dominates are
+    /// retracted at its time. Panics on a retraction.
+    ///
+    /// ```
+    /// use differential_dataflow::input::Input;
+    /// use weft_operators::monotone::MonotoneUndominated;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// timely::execute_directly(move |worker| {
+    ///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
+    ///         // (expires, value): a larger value that expires later dominates.
+    ///         let (input, coll) = scope.new_collection::<(char, (u64, i64)), isize>();
+    ///         coll.monotone_undominated("Max", |u: &(u64, i64), v: &(u64, i64)| u.0 >= v.0 && u.1 >= v.1)
+    ///             .inspect(move |x| log.lock().unwrap().push(*x));
+    ///         input
+    ///     });
+    ///     input.insert(('a', (10, 5)));
+    ///     input.insert(('a', (5, 3))); // dominated by (10, 5): dropped
+    ///     input.advance_to(1);
+    ///     input.insert(('a', (20, 1))); // expires later: kept
+    ///     input.insert(('a', (15, 7))); // dominates (10, 5)
+    /// });
+    /// let mut seen = seen.lock().unwrap().clone();
+    /// seen.sort();
+    /// assert_eq!(seen, vec![
+    ///     (('a', (10, 5)), 0, 1), (('a', (10, 5)), 1, -1),
+    ///     (('a', (15, 7)), 1, 1), (('a', (20, 1)), 1, 1),
+    /// ]);
+    /// ```
+    fn monotone_undominated<D>(
+        self,
+        name: &str,
+        dominates: D,
+    ) -> VecCollection<'scope, u64, (K, V), isize>
+    where
+        D: Fn(&V, &V) -> bool + 'static;
+}
+
+impl<'scope, K, V> MonotoneUndominated<'scope, K, V> for VecCollection<'scope, u64, (K, V), isize>
+where
+    K: ExchangeData + Clone + Hash + Eq + Ord,
+    V: ExchangeData + Clone + Ord,
+{
+    fn monotone_undominated<D>(
+        self,
+        name: &str,
+        dominates: D,
+    ) -> VecCollection<'scope, u64, (K, V), isize>
+    where
+        D: Fn(&V, &V) -> bool + 'static,
+    {
+        let operator = name.to_string();
+        let mut kept: HashMap<K, Vec<V>> = HashMap::new();
+        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<((K, V), isize)>)> = BTreeMap::new();
+        let by_key = Exchange::new(|((k, _), _t, _r): &((K, V), u64, isize)| k.hashed());
+        self.inner
+            .unary_frontier::<CapacityContainerBuilder<Vec<((K, V), u64, isize)>>, _, _, _>(
+                by_key,
+                name,
+                move |_, _| {
+                    move |(input, frontier), output| {
+                        input.for_each(|cap, data| {
+                            for (d, t, r) in data.drain(..) {
+                                pending
+                                    .entry(t)
+                                    .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()))
+                                    .1
+                                    .push((d, r));
+                            }
+                        });
+                        while let Some(entry) = pending.first_entry() {
+                            if frontier.less_equal(entry.key()) {
+                                break;
+                            }
+                            let (time, (cap, mut updates)) = entry.remove_entry();
+                            consolidate(&mut updates);
+                            // Net changes of this time, per key, consolidated before sending.
+                            let mut changes: Vec<((K, V), isize)> = Vec::new();
+                            for ((k, v), r) in updates {
+                                assert!(
+                                    r > 0,
+                                    "{operator}: a retraction reached an insert-only frontier (time {time})"
+                                );
+                                let frontier_of = kept.entry(k.clone()).or_default();
+                                if frontier_of.iter().any(|u| dominates(u, &v)) {
+                                    continue;
+                                }
+                                frontier_of.retain(|u| {
+                                    let gone = dominates(&v, u);
+                                    if gone {
+                                        changes.push(((k.clone(), u.clone()), -1));
+                                    }
+                                    !gone
+                                });
+                                frontier_of.push(v.clone());
+                                changes.push(((k, v), 1));
+                            }
+                            // A value added and dominated within one time cancels.
+                            consolidate(&mut changes);
+                            let mut session = output.session(&cap);
+                            for (d, r) in changes {
+                                session.give((d, time, r));
+                            }
+                        }
+                    }
+                },
+            )
+            .as_collection()
+    }
+}
