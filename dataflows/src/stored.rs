@@ -67,6 +67,9 @@ pub struct StoredEvent {
     pub time_ms: i64,
     /// The call type.
     pub kind: EventType,
+    /// Events in the chain ending here (1 for an event not linked; in the
+    /// handle's padding, not compared).
+    chain_len: u32,
     /// The fingerprint's high and low halves (two `u64`s rather than a
     /// `u128`: 8-byte alignment keeps the handle at 40 bytes, not 48).
     fingerprint: [u64; 2],
@@ -89,8 +92,8 @@ enum Body {
 }
 
 /// A linked record's header: the previous record's packed extent
-/// (`NO_LINK` for none), time, fingerprint and type (33 bytes).
-const LINK_HEADER: usize = 8 + 8 + 16 + 1;
+/// (`NO_LINK` for none), time, fingerprint, type and chain length (37 bytes).
+const LINK_HEADER: usize = 8 + 8 + 16 + 1 + 4;
 /// The packed extent of no record (every record has a length).
 const NO_LINK: u64 = 0;
 
@@ -139,6 +142,7 @@ impl StoredEvent {
         StoredEvent {
             time_ms: e.time_ms,
             kind: e.kind,
+            chain_len: 1,
             fingerprint,
             body: Arc::new(body),
         }
@@ -152,6 +156,7 @@ impl StoredEvent {
         StoredEvent {
             time_ms: e.time_ms,
             kind: e.kind,
+            chain_len: 1,
             fingerprint,
             body: Arc::new(Body::heap(bytes)),
         }
@@ -167,13 +172,16 @@ impl StoredEvent {
     /// log, or memory with `WEFT_EVENT_LOG=memory` (see [`chain_log`]).
     pub fn store_linked(e: &Event, prev: Option<&StoredEvent>) -> StoredEvent {
         let (fingerprint, bytes) = encode(e);
-        let link = prev.and_then(StoredEvent::link).unwrap_or(NO_LINK);
+        let link = prev.and_then(StoredEvent::link);
+        let chain_len = link.and(prev).map_or(1, |p| p.chain_len.saturating_add(1));
+        let link = link.unwrap_or(NO_LINK);
         let mut record = Vec::with_capacity(LINK_HEADER + bytes.len());
         record.extend_from_slice(&link.to_le_bytes());
         record.extend_from_slice(&e.time_ms.to_le_bytes());
         record.extend_from_slice(&fingerprint[0].to_le_bytes());
         record.extend_from_slice(&fingerprint[1].to_le_bytes());
         record.push(kind_tag(e.kind));
+        record.extend_from_slice(&chain_len.to_le_bytes());
         record.extend_from_slice(&bytes);
         // (Not through `Body::disk`: a dropped `Body::Disk` erases its extent.)
         let body = match chain_log()
@@ -185,15 +193,27 @@ impl StoredEvent {
                 // Only a full log (2^40 bytes) gets here: events are at
                 // most 32 KiB. The chain restarts at this event.
                 tracing::error!("chain log full: an event chain restarts (runtime definitions will not see its earlier events)");
-                Body::heap(bytes)
+                return StoredEvent {
+                    time_ms: e.time_ms,
+                    kind: e.kind,
+                    chain_len: 1,
+                    fingerprint,
+                    body: Arc::new(Body::heap(bytes)),
+                };
             }
         };
         StoredEvent {
             time_ms: e.time_ms,
             kind: e.kind,
+            chain_len,
             fingerprint,
             body: Arc::new(body),
         }
+    }
+
+    /// How many events [`StoredEvent::chain`] walks (1 for an event not linked).
+    pub fn chain_len(&self) -> usize {
+        self.chain_len as usize
     }
 
     /// The packed extent of a linked record.
@@ -338,6 +358,7 @@ fn read_linked(packed: u64) -> StoredEvent {
     StoredEvent {
         time_ms: word(8) as i64,
         kind: kind_of_tag(h[32]),
+        chain_len: u32::from_le_bytes(h[33..37].try_into().expect("4 bytes")),
         fingerprint: [word(16), word(24)],
         body: Arc::new(Body::Linked(packed)),
     }
@@ -921,6 +942,11 @@ mod tests {
             assert_eq!(walked, want, "chain {c}");
             // Walked handles equal the stored ones (time, fingerprint, type).
             let handles: Vec<StoredEvent> = head.chain().collect();
+            assert_eq!(head.chain_len(), want.len());
+            assert!(handles
+                .iter()
+                .enumerate()
+                .all(|(i, h)| h.chain_len() == want.len() - i));
             assert!(handles
                 .iter()
                 .zip(&want)

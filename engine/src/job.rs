@@ -113,6 +113,7 @@ fn build_profiles<'s>(
     spec: &JobSpec,
     index: Option<Arc<ProfileIndex>>,
     done: &Rc<Cell<usize>>,
+    one_process: bool,
 ) -> Result<ProfileOutputs<'s>, String> {
     // A job without regulations never retracts an event (only the privacy
     // layer does, and it builds identity itself: `prebuilt`).
@@ -154,13 +155,17 @@ fn build_profiles<'s>(
             .as_collection()
             .arrange_by_key_named("EventsByAnchor")
     };
-    let profile_events = expand_chains(
-        events_by_anchor
-            .clone()
-            .join_core(ids.profile_of.clone(), |a, e, p| {
-                Some((*p, (*a, e.clone())))
-            }),
-    );
+    let keyed_events = events_by_anchor
+        .clone()
+        .join_core(ids.profile_of.clone(), |a, e, p| {
+            Some((*p, (*a, e.clone())))
+        });
+    // The index (worker 0) reads chains itself when they are in its process.
+    let profile_events = if insert_only && one_process {
+        IndexEvents::Heads(keyed_events)
+    } else {
+        IndexEvents::Events(expand_chains(keyed_events))
+    };
     let profiles = ids
         .profiles
         .clone()
@@ -351,6 +356,14 @@ fn built_if<'s, D: Clone + 'static>(
     }
 }
 
+/// A profile's events as the profile index receives them.
+enum IndexEvents<'s> {
+    /// Each event.
+    Events(VecCollection<'s, u64, (ProfileId, StoredEvent), isize>),
+    /// Each anchor's head, standing for its chain (see `weft_dataflows::chain`).
+    Heads(VecCollection<'s, u64, (ProfileId, (IdHash, StoredEvent)), isize>),
+}
+
 /// Feeds the profile index: every change of a profile's identifiers, traits,
 /// computed traits, audiences and events, one completed time at a time, on
 /// worker 0 (see `crate::profile_index`). Bumps `done` when its input is complete.
@@ -358,10 +371,14 @@ fn maintain_profile_index<'s>(
     ids: &IdentityOutputs<'s>,
     members: VecCollection<'s, u64, (ProfileId, (String, String)), isize>,
     computed: VecCollection<'s, u64, (ProfileId, (String, AggValue)), isize>,
-    events: VecCollection<'s, u64, (ProfileId, StoredEvent), isize>,
+    events: IndexEvents<'s>,
     index: Option<Arc<ProfileIndex>>,
     done: Rc<Cell<usize>>,
 ) {
+    let events = match events {
+        IndexEvents::Events(e) => e.map(|(p, e)| IndexUpdate::Event(p, e)),
+        IndexEvents::Heads(h) => h.map(|(p, (a, h))| IndexUpdate::Head(p, a, h)),
+    };
     let identifiers = ids
         .profile_of
         .clone()
@@ -376,7 +393,7 @@ fn maintain_profile_index<'s>(
         )
         .concat(computed.map(|(p, (name, v))| IndexUpdate::Computed(p, name, v)))
         .concat(members.map(|(p, (name, _key))| IndexUpdate::Audience(p, name)))
-        .concat(events.map(|(p, e)| IndexUpdate::Event(p, e)));
+        .concat(events);
     updates.sink_by_time("ProfileIndex", SinkTarget::Worker(0), move |ev| match ev {
         SinkEvent::Updates { time, updates } => {
             if let Some(index) = &index {
@@ -889,6 +906,7 @@ pub fn build_job(
                 spec,
                 profile_index.clone(),
                 &sinks_done,
+                shared.processes == 1,
             );
             match built {
                 Ok(mut p) => {

@@ -20,12 +20,16 @@
 //!
 //! **Cost.** The index is a second copy of what it serves, kept on one
 //! worker: per profile a hash-map entry; per identifier, trait, computed
-//! value and membership a small map entry; per event a 48-byte handle in a
-//! sorted vector (its time, fingerprint and type, and a shared pointer to
-//! its compressed body in the process's event log on disk, shared with the
-//! dataflow's events-by-anchor arrangement). Applying a time costs worker 0
-//! one hash lookup per change; readers hold the read lock only while they
-//! render one profile.
+//! value and membership a small map entry. Events: in a job without
+//! regulations in one process, per anchor identifier one handle, the head
+//! of the anchor's chain of events in the event log
+//! (`weft_dataflows::chain`); a lookup walks the profile's chains (reading
+//! each event's 37-byte header from the log, its body only for the events
+//! shown), so it costs in proportion to the profile's events. Otherwise
+//! per event a 48-byte handle in a sorted vector (its time, fingerprint and
+//! type, and a shared pointer to its compressed body in the process's event
+//! log on disk). Applying a time costs worker 0 one hash lookup per change;
+//! readers hold the read lock only while they render one profile.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -52,6 +56,10 @@ pub enum IndexUpdate {
     Audience(ProfileId, String),
     /// One of the profile's events.
     Event(ProfileId, StoredEvent),
+    /// The latest event of one of the profile's anchors, standing for the
+    /// anchor's chain of events (a job without regulations, in one
+    /// process: `weft_dataflows::chain`).
+    Head(ProfileId, IdHash, StoredEvent),
 }
 
 /// Hashes of identifiers and profiles are already uniform: use their low bits.
@@ -93,6 +101,8 @@ struct ProfileEntry {
     computed: Sorted<Arc<str>, AggValue>,
     audiences: Sorted<Arc<str>, ()>,
     events: Events,
+    /// Per anchor, the head of its chain of events (read at lookup).
+    heads: Sorted<IdHash, StoredEvent>,
 }
 
 /// A small map as a vector sorted by key.
@@ -208,6 +218,12 @@ impl ProfileEntry {
             && self.computed.is_empty()
             && self.audiences.is_empty()
             && self.events.is_empty()
+            && self.heads.is_empty()
+    }
+
+    /// Events listed or chained.
+    fn events_total(&self) -> usize {
+        self.events.len() + self.heads.iter().map(|(_, h)| h.chain_len()).sum::<usize>()
     }
 }
 
@@ -419,6 +435,23 @@ impl IndexState {
                 self.events = (self.events + after).saturating_sub(before);
                 p
             }
+            IndexUpdate::Head(p, anchor, head) => {
+                let heads = &mut self.entry(*p).heads;
+                // One head per anchor: a new one replaces the old (whichever
+                // of the two updates comes first), a retraction removes only itself.
+                let (added, removed) = if insert {
+                    let old = heads.get(anchor).map_or(0, StoredEvent::chain_len);
+                    heads.insert(*anchor, head.clone());
+                    (head.chain_len(), old)
+                } else if heads.get(anchor) == Some(head) {
+                    heads.remove(anchor);
+                    (0, head.chain_len())
+                } else {
+                    (0, 0)
+                };
+                self.events = (self.events + added).saturating_sub(removed);
+                p
+            }
         };
         if self.profiles.get(p).is_some_and(ProfileEntry::is_empty) {
             self.profiles.remove(p);
@@ -487,7 +520,22 @@ fn render(
         write_json_string(&mut out, a);
     }
     out.extend_from_slice(b"],\"events\":[");
-    let older = entry.events.older(before.as_ref());
+    // Chained events are read from the log (headers only) and merged in.
+    let chained: Vec<(StoredEvent, isize)>;
+    let older = if entry.heads.is_empty() {
+        entry.events.older(before.as_ref())
+    } else {
+        let mut all: Vec<(StoredEvent, isize)> = entry.events.0.clone();
+        for (_, head) in entry.heads.iter() {
+            all.extend(head.chain().map(|e| (e, 1)));
+        }
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(b) = &before {
+            all.truncate(all.partition_point(|(e, _)| event_key(e) < *b));
+        }
+        chained = all;
+        &chained[..]
+    };
     let shown = older.len().min(limit);
     for (i, (e, _)) in older.iter().rev().take(shown).enumerate() {
         if i > 0 {
@@ -498,7 +546,7 @@ fn render(
     // More remain when the page stopped before the oldest event.
     let last = (shown > 0 && shown < older.len()).then(|| &older[older.len() - shown]);
     out.extend_from_slice(b"],\"events_total\":");
-    out.extend_from_slice(entry.events.len().to_string().as_bytes());
+    out.extend_from_slice(entry.events_total().to_string().as_bytes());
     out.extend_from_slice(b",\"events_next\":");
     match last {
         Some((e, _)) => write_json_string(&mut out, &cursor(e)),
@@ -524,6 +572,76 @@ mod tests {
             Lookup::Found(b) => serde_json::from_slice(&b).unwrap(),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Chained events (heads of two anchors, in any update order) page like
+    /// listed ones, newest first across both chains; a moved anchor's
+    /// events leave with its head.
+    #[test]
+    fn pages_events_of_chains() {
+        let index = ProfileIndex::default();
+        let u1 = Identifier::new("user_id", "u1");
+        let p = u1.hash();
+        let (a, b) = (id_hash("anonymous_id", "a"), id_hash("anonymous_id", "b"));
+        let events: Vec<Event> = (0..7)
+            .map(|i| ev(&format!("m{i}"), &format!("2026-01-0{}T00:00:00Z", i + 1)))
+            .collect();
+        // Anchor a: m0, m2, m4, m6; anchor b: m1, m3, m5.
+        let (mut ha, mut hb): (Option<StoredEvent>, Option<StoredEvent>) = (None, None);
+        let mut time = 0;
+        for (i, e) in events.iter().enumerate() {
+            let (anchor, head) = if i % 2 == 0 {
+                (a, &mut ha)
+            } else {
+                (b, &mut hb)
+            };
+            let new = StoredEvent::store_linked(e, head.as_ref());
+            // The retraction of the old head after the new head's insertion.
+            let mut updates = vec![(IndexUpdate::Head(p, anchor, new.clone()), 1)];
+            if let Some(old) = head.replace(new) {
+                updates.push((IndexUpdate::Head(p, anchor, old), -1));
+            }
+            if i == 0 {
+                updates.push((IndexUpdate::Identifier(p, u1.clone()), 1));
+            }
+            time += 1;
+            index.apply(time, &updates);
+        }
+        let mut all = Vec::new();
+        let mut before = None;
+        loop {
+            let v = json(index.lookup("user_id", "u1", &EventPage { limit: 3, before }));
+            assert_eq!(v["events_total"], 7);
+            all.extend(
+                v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["messageId"].as_str().unwrap().to_string()),
+            );
+            before = v["events_next"].as_str().map(str::to_string);
+            if before.is_none() {
+                break;
+            }
+        }
+        assert_eq!(all, ["m6", "m5", "m4", "m3", "m2", "m1", "m0"]);
+        assert_eq!(index.stats().events, 7);
+        // Anchor b moves to another profile.
+        index.apply(
+            time + 1,
+            &[(IndexUpdate::Head(p, b, hb.clone().unwrap()), -1)],
+        );
+        let v = json(index.lookup(
+            "user_id",
+            "u1",
+            &EventPage {
+                limit: 10,
+                before: None,
+            },
+        ));
+        assert_eq!(v["events_total"], 4);
+        assert_eq!(v["events"].as_array().unwrap().len(), 4);
+        assert_eq!(index.stats().events, 4);
     }
 
     #[test]
