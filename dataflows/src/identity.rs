@@ -740,15 +740,22 @@ fn build<'s>(
             },
         )
     };
-    let identifiers = names
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, Identifier, u64, isize>>(
+    // (Insert-only: a hash names one identifier, which is never retracted:
+    // one value per hash, without arranging every observation.)
+    let identifiers = if insert_only {
+        names
+            .monotone_min("IdentityNamesFirst")
+            .arrange_by_key_named("IdentityNames")
+    } else {
+        names.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, Identifier, u64, isize>>(
             "IdentityNames",
             |_h, input, output| {
                 if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
                     output.push(((*v).clone(), 1));
                 }
             },
-        );
+        )
+    };
 
     // STEP 3. Edges with their first-seen time; alias edges to identifiers that exist.
     let alias_edges = aliases.arrange_by_key_named("IdentityAliases").join_core(
