@@ -31,7 +31,7 @@
 //! arranged update; the events are on disk. Both operators hold the updates
 //! of a time until it completes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::Hash;
 
 use differential_dataflow::consolidation::consolidate;
@@ -40,14 +40,12 @@ use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
+
+use weft_operators::by_time::TimeStash;
 
 use crate::event::Event;
 use crate::identity::IdHash;
 use crate::stored::StoredEvent;
-
-/// Updates of one time waiting for it to complete, with a capability to send at it.
-type Pending<D> = BTreeMap<u64, (Capability<u64>, Vec<(D, isize)>)>;
 
 /// Stores every event linked to its anchor's previous one and emits the
 /// changes of each anchor's head: at a time `t` with events for anchor `a`,
@@ -60,7 +58,7 @@ type Pending<D> = BTreeMap<u64, (Capability<u64>, Vec<(D, isize)>)>;
 pub fn anchor_heads<'s>(
     anchored: VecCollection<'s, u64, (IdHash, Event), isize>,
 ) -> VecCollection<'s, u64, (IdHash, StoredEvent), isize> {
-    let mut pending: Pending<(IdHash, Event)> = BTreeMap::new();
+    let mut pending: TimeStash<(IdHash, Event)> = TimeStash::default();
     let mut heads: HashMap<IdHash, StoredEvent> = HashMap::new();
     anchored
         .inner
@@ -69,20 +67,8 @@ pub fn anchor_heads<'s>(
             "AnchorHeads",
             move |_, _| {
                 move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
-                        for (d, t, r) in data.drain(..) {
-                            pending
-                                .entry(t)
-                                .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()))
-                                .1
-                                .push((d, r));
-                        }
-                    });
-                    while let Some(entry) = pending.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
-                        }
-                        let (time, (cap, updates)) = entry.remove_entry();
+                    input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
+                    while let Some((time, cap, updates)) = pending.next_complete(frontier) {
                         // The head each anchor had before this time.
                         let mut before: HashMap<IdHash, Option<StoredEvent>> = HashMap::new();
                         for ((a, e), r) in updates {
@@ -121,7 +107,7 @@ pub fn expand_chains<'s, K>(
 where
     K: ExchangeData + Hash + Ord,
 {
-    let mut pending: Pending<(K, (IdHash, StoredEvent))> = BTreeMap::new();
+    let mut pending: TimeStash<(K, (IdHash, StoredEvent))> = TimeStash::default();
     heads
         .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<((K, StoredEvent), u64, isize)>>, _, _, _>(
@@ -129,20 +115,8 @@ where
             "ExpandChains",
             move |_, _| {
                 move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
-                        for (d, t, r) in data.drain(..) {
-                            pending
-                                .entry(t)
-                                .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()))
-                                .1
-                                .push((d, r));
-                        }
-                    });
-                    while let Some(entry) = pending.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
-                        }
-                        let (time, (cap, mut updates)) = entry.remove_entry();
+                    input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
+                    while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
                         consolidate(&mut updates);
                         let mut session = output.session(&cap);
                         // Updates are sorted: each (key, anchor)'s are adjacent.

@@ -226,34 +226,31 @@ impl StoredEvent {
 
     /// The chain ending at this event, newest first: this event, then (for a
     /// linked one, see [`StoredEvent::store_linked`]) the events linked
-    /// before it, each read from the log. An event not linked is a chain
-    /// of one.
+    /// before it, each read from the log (its header only). An event not
+    /// linked is a chain of one.
     pub fn chain(&self) -> Chain {
         Chain {
             next: Some(self.clone()),
-            stop: None,
+            link: self.link().and_then(read_link),
         }
     }
 
     /// The events of `self`'s chain that are not in `older`'s, newest first,
     /// if `older` is in `self`'s chain (an earlier head of the same chain);
     /// `None` if it is not.
-    pub fn chain_since(&self, older: &StoredEvent) -> Option<Chain> {
+    pub fn chain_since(&self, older: &StoredEvent) -> Option<Vec<StoredEvent>> {
         let stop = older.link()?;
-        // Check that `older` is reached (headers only): records are appended
-        // in chain order, so an ancestor has a lower offset.
-        let mut at = self.link();
-        while let Some(packed) = at {
-            if packed == stop {
-                return Some(Chain {
-                    next: (self.link() != Some(stop)).then(|| self.clone()),
-                    stop: Some(stop),
-                });
+        let mut since = Vec::new();
+        for e in self.chain() {
+            let at = e.link()?;
+            if at == stop {
+                return Some(since);
             }
-            if packed < stop {
+            // Records are appended in chain order: an ancestor has a lower offset.
+            if at < stop {
                 return None;
             }
-            at = read_link(packed);
+            since.push(e);
         }
         None
     }
@@ -324,8 +321,8 @@ fn encode(e: &Event) -> ([u64; 2], Vec<u8>) {
 /// [`StoredEvent::chain`]).
 pub struct Chain {
     next: Option<StoredEvent>,
-    /// Stop before the record with this packed extent.
-    stop: Option<u64>,
+    /// The link of `next`'s record (read with its header).
+    link: Option<u64>,
 }
 
 impl Iterator for Chain {
@@ -333,10 +330,10 @@ impl Iterator for Chain {
 
     fn next(&mut self) -> Option<StoredEvent> {
         let current = self.next.take()?;
-        if let Some(packed) = current.link() {
-            self.next = read_link(packed)
-                .filter(|prev| Some(*prev) != self.stop)
-                .map(read_linked);
+        if let Some(prev) = self.link.take() {
+            let (e, link) = read_linked(prev);
+            self.next = Some(e);
+            self.link = link;
         }
         Some(current)
     }
@@ -346,22 +343,27 @@ impl Iterator for Chain {
 fn read_link(packed: u64) -> Option<u64> {
     let (offset, _) = Body::extent(packed);
     let header = chain_log().read(offset, 8);
+    link_of(&header)
+}
+
+fn link_of(header: &[u8]) -> Option<u64> {
     let link = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
     (link != NO_LINK).then_some(link)
 }
 
-/// A handle to the linked record at `packed`, from its header.
-fn read_linked(packed: u64) -> StoredEvent {
+/// A handle to the linked record at `packed`, and its link, from its header.
+fn read_linked(packed: u64) -> (StoredEvent, Option<u64>) {
     let (offset, _) = Body::extent(packed);
     let h = chain_log().read(offset, LINK_HEADER as u32);
     let word = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
-    StoredEvent {
+    let e = StoredEvent {
         time_ms: word(8) as i64,
         kind: kind_of_tag(h[32]),
         chain_len: u32::from_le_bytes(h[33..37].try_into().expect("4 bytes")),
         fingerprint: [word(16), word(24)],
         body: Arc::new(Body::Linked(packed)),
-    }
+    };
+    (e, link_of(&h))
 }
 
 fn kind_tag(kind: EventType) -> u8 {
@@ -952,11 +954,16 @@ mod tests {
                 .zip(&want)
                 .all(|(h, e)| *h == StoredEvent::transient(e)));
             if let Some((old, n)) = &earlier[c] {
-                let since: Vec<Event> = head.chain_since(old).unwrap().map(|s| s.load()).collect();
+                let since: Vec<Event> = head
+                    .chain_since(old)
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.load())
+                    .collect();
                 let mut want: Vec<Event> = expected[c][*n..].to_vec();
                 want.reverse();
                 assert_eq!(since, want, "chain {c} since an earlier head");
-                assert_eq!(head.chain_since(head).unwrap().count(), 0);
+                assert_eq!(head.chain_since(head).unwrap().len(), 0);
             }
         }
         // Another chain's head is not an ancestor; an unlinked event is a chain of one.

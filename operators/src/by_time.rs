@@ -154,3 +154,60 @@ fn build<'scope, T, D, R, P, L>(
         }
     });
 }
+
+/// Updates held until their time completes, each time with a capability to
+/// send at it: the state of operators that apply completed times one at a
+/// time, in time order (`monotone`, `weft_dataflows::chain`).
+pub struct TimeStash<D> {
+    pending: BTreeMap<
+        u64,
+        (
+            timely::dataflow::operators::Capability<u64>,
+            Vec<(D, isize)>,
+        ),
+    >,
+}
+
+impl<D> Default for TimeStash<D> {
+    fn default() -> Self {
+        TimeStash {
+            pending: BTreeMap::new(),
+        }
+    }
+}
+
+impl<D> TimeStash<D> {
+    /// Holds `data`'s updates by time; `delayed(t)` is a capability for `t`
+    /// (asked once per new time).
+    pub fn stash(
+        &mut self,
+        data: &mut Vec<(D, u64, isize)>,
+        delayed: impl Fn(&u64) -> timely::dataflow::operators::Capability<u64>,
+    ) {
+        for (d, t, r) in data.drain(..) {
+            self.pending
+                .entry(t)
+                .or_insert_with(|| (delayed(&t), Vec::new()))
+                .1
+                .push((d, r));
+        }
+    }
+
+    /// The earliest held time the frontier has passed, with its capability
+    /// and updates (not consolidated).
+    pub fn next_complete(
+        &mut self,
+        frontier: &timely::progress::frontier::MutableAntichain<u64>,
+    ) -> Option<(
+        u64,
+        timely::dataflow::operators::Capability<u64>,
+        Vec<(D, isize)>,
+    )> {
+        let entry = self.pending.first_entry()?;
+        if frontier.less_equal(entry.key()) {
+            return None;
+        }
+        let (time, (cap, updates)) = entry.remove_entry();
+        Some((time, cap, updates))
+    }
+}

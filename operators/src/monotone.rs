@@ -25,16 +25,17 @@
 //!   minimum it would have to reveal is gone. Callers choose this operator
 //!   only for inputs that cannot retract.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::Hash;
 
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
+
+use crate::by_time::TimeStash;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::ExchangeData;
 
 /// Adds [`MonotoneMin::monotone_min`] to collections of `(key, value)`.
@@ -76,8 +77,7 @@ where
     fn monotone_min(self, name: &str) -> VecCollection<'scope, u64, (K, V), isize> {
         let operator = name.to_string();
         let mut least: HashMap<K, V> = HashMap::new();
-        // Updates of times the frontier has not passed, with a capability each.
-        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<((K, V), isize)>)> = BTreeMap::new();
+        let mut pending: TimeStash<(K, V)> = TimeStash::default();
         let by_key = Exchange::new(|((k, _), _t, _r): &((K, V), u64, isize)| k.hashed());
         self.inner
             .unary_frontier::<CapacityContainerBuilder<Vec<((K, V), u64, isize)>>, _, _, _>(
@@ -85,21 +85,9 @@ where
                 name,
                 move |_, _| {
                     move |(input, frontier), output| {
-                        input.for_each(|cap, data| {
-                            for (d, t, r) in data.drain(..) {
-                                pending
-                                    .entry(t)
-                                    .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()))
-                                    .1
-                                    .push((d, r));
-                            }
-                        });
+                        input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
                         // Apply every time the frontier has passed, in order.
-                        while let Some(entry) = pending.first_entry() {
-                            if frontier.less_equal(entry.key()) {
-                                break;
-                            }
-                            let (time, (cap, mut updates)) = entry.remove_entry();
+                        while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
                             consolidate(&mut updates);
                             let mut session = output.session(&cap);
                             for ((k, v), r) in updates {
@@ -193,7 +181,7 @@ where
     {
         let operator = name.to_string();
         let mut kept: HashMap<K, Vec<V>> = HashMap::new();
-        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<((K, V), isize)>)> = BTreeMap::new();
+        let mut pending: TimeStash<(K, V)> = TimeStash::default();
         let by_key = Exchange::new(|((k, _), _t, _r): &((K, V), u64, isize)| k.hashed());
         self.inner
             .unary_frontier::<CapacityContainerBuilder<Vec<((K, V), u64, isize)>>, _, _, _>(
@@ -201,20 +189,8 @@ where
                 name,
                 move |_, _| {
                     move |(input, frontier), output| {
-                        input.for_each(|cap, data| {
-                            for (d, t, r) in data.drain(..) {
-                                pending
-                                    .entry(t)
-                                    .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()))
-                                    .1
-                                    .push((d, r));
-                            }
-                        });
-                        while let Some(entry) = pending.first_entry() {
-                            if frontier.less_equal(entry.key()) {
-                                break;
-                            }
-                            let (time, (cap, mut updates)) = entry.remove_entry();
+                        input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
+                        while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
                             consolidate(&mut updates);
                             // Net changes of this time, per key, consolidated before sending.
                             let mut changes: Vec<((K, V), isize)> = Vec::new();
