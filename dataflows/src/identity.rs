@@ -131,9 +131,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::core::Partition;
-use weft_operators::components::{
-    ChangeKind, ComponentChange, ComponentChanges, ConnectedComponents,
-};
+use weft_operators::clusters::ClusterReduce;
+use weft_operators::components::{ChangeKind, ComponentChange, ComponentChanges};
 use weft_operators::monotone::MonotoneMin;
 
 use crate::event::{write_json_string, Event, EventType, Field};
@@ -821,59 +820,35 @@ fn build<'s>(
         .concat(unchecked)
         .threshold_named("IdentityCandidates", |_, c| isize::from(*c == 2));
 
-    // STEP 5. Clusters: components of the candidates.
+    // STEP 5. Per cluster (connected component of the candidates, every
+    // identifier an item of its own node): the greedy limits decide the
+    // accepted edges, whose components (a union-find inside the cluster) are
+    // the profiles, named by their oldest identifier. An identifier without
+    // candidates is a cluster, and a profile, of one.
     let pairs = candidates.clone().map(|((lo, hi, ..), _)| (lo, hi));
-    let endpoints = pairs.clone().flat_map(|(a, b)| [(a, ()), (b, ())]);
-    let clusters = pairs
-        .connected_components_ranked(endpoints)
-        .arrange_by_key_named("IdentityClusters");
-
-    // STEP 6. Per cluster: its identifiers and candidates; the greedy limits
-    // decide the accepted edges, whose components (a union-find inside the
-    // cluster) are the profiles, named by their oldest identifier.
-    let clustered_nodes = nodes.clone().join_core(clusters.clone(), |h, &(t, k), c| {
-        Some((*c, ClusterItem::Node(*h, t, k)))
-    });
-    let clustered_edges = candidates
-        .map(|(e, t)| (e.0, (e, t)))
-        .arrange_by_key_named("IdentityCandidatesByEnd")
-        .join_core(clusters.clone(), |_lo, &(e, t), c| {
-            Some((*c, ClusterItem::Edge(e, t)))
-        });
+    let items = nodes
+        .clone()
+        .as_collection(|h, &(t, k)| (*h, ClusterItem::Node(*h, t, k)))
+        .concat(candidates.map(|(e, t)| (e.0, ClusterItem::Edge(e, t))));
     let resolve = Rc::clone(&rules);
-    let resolved = clustered_nodes.concat(clustered_edges).reduce_named(
-        "IdentityResolve",
-        move |_cluster, input, output| {
-            let items = input.iter().filter(|(_, r)| *r > 0).map(|(item, _)| **item);
-            for x in resolve_cluster(&resolve, items) {
-                output.push((x, 1isize));
-            }
-        },
-    );
-    let accepted = resolved.clone().flat_map(|(_, x)| {
+    let resolved = pairs.cluster_reduce(items, "IdentityResolve", move |items, out| {
+        out.extend(resolve_cluster(&resolve, items.iter().copied()))
+    });
+    let accepted = resolved.clone().flat_map(|x| {
         if let Resolved::Accepted(lo, hi) = x {
             Some((lo, hi))
         } else {
             None
         }
     });
-    let clustered = resolved.flat_map(|(_, x)| {
-        if let Resolved::Member(h, p) = x {
-            Some((h, p))
-        } else {
-            None
-        }
-    });
-
-    // STEP 7. Profiles: identifiers outside every cluster are profiles of one.
-    let in_clusters = nodes.clone().join_core(clusters, |h, _, _| Some(*h));
-    let alone = nodes
-        .clone()
-        .as_collection(|h, _| *h)
-        .concat(in_clusters.negate())
-        .map(|h| (h, h));
-    let profile_of = clustered
-        .concat(alone)
+    let profile_of = resolved
+        .flat_map(|x| {
+            if let Resolved::Member(h, p) = x {
+                Some((h, p))
+            } else {
+                None
+            }
+        })
         .arrange_by_key_named("IdentityProfileOf");
     let profiles = profile_of.clone().as_collection(|h, p| (*h, *p));
     let members = profiles
@@ -882,7 +857,7 @@ fn build<'s>(
         .arrange_by_key_named("IdentityMembers");
     let changes = profiles.clone().component_changes("IdentityProfileChanges");
 
-    // STEP 8. Traits, last write wins per (profile, key) and per (account, key).
+    // STEP 6. Traits, last write wins per (profile, key) and per (account, key).
     // Insert-only, an identifier's earlier observation of a key can never
     // win again (the latest only moves forward): keep one per (identifier, key).
     let trait_obs = if insert_only {
