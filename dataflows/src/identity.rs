@@ -9,8 +9,8 @@
 //!                                                   ├─ aliases ┴ join nodes ─ reduce(min time) ─► edges (first seen)
 //!                                                   │            │ per-identifier limits (reduce), both ends agree
 //!                                                   │            ▼
-//!                                                   │          candidates ─ connected_components ─► clusters
-//!                                                   │            │ per cluster, a reduce over its identifiers and candidates:
+//!                                                   │          candidates + identifiers ─ cluster_reduce (worker 0):
+//!                                                   │            │ per cluster (component of the candidates), over its identifiers and candidates:
 //!                                                   │            │ greedy per-profile limits, union-find, oldest names
 //!                                                   │            ▼
 //!                                                   │          accepted edges; id → profile (ids in no cluster: themselves)
@@ -86,10 +86,13 @@
 //!    otherwise it is rejected. This is Segment's "the first identity wins":
 //!    a device shared by two users stays with the one it was seen with first.
 //!    It is computed per *cluster* (connected component of the candidates,
-//!    by `weft_operators::components`), which holds everything a decision
-//!    can depend on: one `reduce` per cluster sorts its candidates, runs the
-//!    greedy union-find, and names the resulting profiles. A change anywhere
-//!    in a cluster recomputes that cluster only.
+//!    by `weft_operators::clusters::cluster_reduce`), which holds everything
+//!    a decision can depend on: per cluster, one call sorts its candidates,
+//!    runs the greedy union-find, and names the resulting profiles. A change
+//!    anywhere in a cluster recomputes that cluster only. The clusters live
+//!    in one graph structure on worker 0 (components are global); what
+//!    reaches it is first-seen identifiers and candidate edges, a graph's
+//!    changes rather than per-event traffic.
 //!
 //! # Profiles
 //!
@@ -124,7 +127,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::{AsCollection, VecCollection};
 use regex::RegexSet;
 use serde::{Deserialize, Serialize};
@@ -132,6 +135,7 @@ use serde_json::value::RawValue;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::core::Partition;
 use weft_operators::clusters::ClusterReduce;
+use weft_operators::compact::CompactReduce;
 use weft_operators::components::{ChangeKind, ComponentChange, ComponentChanges};
 use weft_operators::monotone::MonotoneMin;
 
@@ -730,14 +734,12 @@ fn build<'s>(
         seen.monotone_min("IdentityFirstSeen")
             .arrange_by_key_named("IdentityFirstSeenByKey")
     } else {
-        seen.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, (i64, KindRank), u64, isize>>(
-            "IdentityFirstSeen",
-            |_h, input, output| {
-                if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
-                    output.push((**v, 1));
-                }
-            },
-        )
+        seen.compact_reduce("IdentityFirstSeen", |_h, input, output| {
+            if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
+                output.push((**v, 1));
+            }
+        })
+        .arrange_by_key_named("IdentityFirstSeenByKey")
     };
     // (Insert-only: a hash names one identifier, which is never retracted:
     // one value per hash, without arranging every observation.)
@@ -746,14 +748,13 @@ fn build<'s>(
             .monotone_min("IdentityNamesFirst")
             .arrange_by_key_named("IdentityNames")
     } else {
-        names.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, Identifier, u64, isize>>(
-            "IdentityNames",
-            |_h, input, output| {
+        names
+            .compact_reduce("IdentityNamesFirst", |_h, input, output| {
                 if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
                     output.push(((*v).clone(), 1));
                 }
-            },
-        )
+            })
+            .arrange_by_key_named("IdentityNames")
     };
 
     // STEP 3. Edges with their first-seen time; alias edges to identifiers that exist.
@@ -769,7 +770,7 @@ fn build<'s>(
     let edges = if insert_only {
         sightings.monotone_min("IdentityEdgeFirstSeen")
     } else {
-        sightings.reduce_named("IdentityEdgeFirstSeen", |_e, input, output| {
+        sightings.compact_reduce("IdentityEdgeFirstSeen", |_e, input, output| {
             if let Some((t, _)) = input.iter().find(|(_, r)| *r > 0) {
                 output.push((**t, 1isize));
             }
@@ -795,7 +796,7 @@ fn build<'s>(
     let limits = Rc::clone(&rules);
     let kept = sides
         .flat_map(|(checked, side, _)| checked.then_some(side))
-        .reduce_named("IdentityIdentifierLimits", move |_node, input, output| {
+        .compact_reduce("IdentityIdentifierLimits", move |_node, input, output| {
             // Sorted by (other kind, edge time, other hash): keep a prefix of each kind.
             let mut kind = None;
             let mut count = 0u32;
@@ -818,7 +819,13 @@ fn build<'s>(
         });
     let candidates = kept
         .concat(unchecked)
-        .threshold_named("IdentityCandidates", |_, c| isize::from(*c == 2));
+        .map(|edge| (edge, ()))
+        .compact_reduce("IdentityCandidates", |_, input, output| {
+            if input[0].1 == 2 {
+                output.push(((), 1));
+            }
+        })
+        .map(|(edge, ())| edge);
 
     // STEP 5. Per cluster (connected component of the candidates, every
     // identifier an item of its own node): the greedy limits decide the
@@ -870,29 +877,27 @@ fn build<'s>(
     };
     let traits_by_profile = trait_obs
         .arrange_by_key_named("IdentityTraitObservations")
-        .join_core(profile_of.clone(), |_h, (key, lww), p| Some((*p, (key.clone(), lww.clone()))))
-        .arrange_by_key_named("IdentityTraitsByProfileIn")
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<ProfileId, (Box<str>, Box<str>), u64, isize>, _, _>(
-            "IdentityTraits",
-            |_p, input, output| {
-                // Sorted by (key, time, messageId, value): the last of each key wins.
-                let live = input.iter().filter(|(_, r)| *r > 0).map(|((k, lww), _)| (k, lww));
-                let mut last: Option<(&Box<str>, &Lww)> = None;
-                for (k, lww) in live {
-                    if let Some((lk, llww)) = last.filter(|(lk, _)| *lk != k) {
-                        output.push(((lk.clone(), llww.2.clone()), 1));
-                    }
-                    last = Some((k, lww));
-                }
-                if let Some((lk, llww)) = last {
+        .join_core(profile_of.clone(), |_h, (key, lww), p| {
+            Some((*p, (key.clone(), lww.clone())))
+        })
+        .compact_reduce("IdentityTraits", |_p, input, output| {
+            // Sorted by (key, time, messageId, value): the last of each key wins.
+            let live = input
+                .iter()
+                .filter(|(_, r)| *r > 0)
+                .map(|((k, lww), _)| (k, lww));
+            let mut last: Option<(&Box<str>, &Lww)> = None;
+            for (k, lww) in live {
+                if let Some((lk, llww)) = last.filter(|(lk, _)| *lk != k) {
                     output.push(((lk.clone(), llww.2.clone()), 1));
                 }
-            },
-            |vec, key, upds| {
-                vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
-            },
-        );
+                last = Some((k, lww));
+            }
+            if let Some((lk, llww)) = last {
+                output.push(((lk.clone(), llww.2.clone()), 1));
+            }
+        })
+        .arrange_by_key_named("IdentityTraits");
     let traits = traits_by_profile
         .clone()
         .as_collection(|p, (k, v)| ((*p, k.clone()), v.clone()));
@@ -900,7 +905,7 @@ fn build<'s>(
         .arrange_by_key_named("IdentityMemberships")
         .join_core(profile_of.clone(), |_h, g, p| Some((*p, *g)))
         .distinct();
-    let account_traits = group_trait_obs.reduce_named("IdentityAccountTraits", last_write_wins);
+    let account_traits = group_trait_obs.compact_reduce("IdentityAccountTraits", last_write_wins);
 
     Ok(IdentityOutputs {
         identifiers,

@@ -135,7 +135,13 @@ where
             // Self-loops connect nothing; one orientation per edge, so that
             // (a, b) and (b, a) consolidate.
             .filter(|(a, b)| a != b)
-            .map(|(a, b)| if a <= b { Change::Edge(a, b) } else { Change::Edge(b, a) })
+            .map(|(a, b)| {
+                if a <= b {
+                    Change::Edge(a, b)
+                } else {
+                    Change::Edge(b, a)
+                }
+            })
             .concat(items.map(|(n, v)| Change::Item(n, v)));
         let operator = name.to_string();
         let mut graph: Graph<N, V> = Graph::default();
@@ -289,7 +295,10 @@ where
             if gone {
                 let state = self.nodes.remove(n).expect("present");
                 let nodes = &mut self.clusters[state.cluster];
-                let i = nodes.iter().position(|m| m == n).expect("a node is in its component");
+                let i = nodes
+                    .iter()
+                    .position(|m| m == n)
+                    .expect("a node is in its component");
                 nodes.swap_remove(i);
                 if nodes.is_empty() {
                     self.release(state.cluster);
@@ -394,7 +403,11 @@ where
     /// A lost edge: neighbours both ways (the component is split later).
     fn unlink(&mut self, a: &N, b: &N) {
         for (x, y) in [(a, b), (b, a)] {
-            let neighbours = &mut self.nodes.get_mut(x).expect("an edge's end is a node").neighbours;
+            let neighbours = &mut self
+                .nodes
+                .get_mut(x)
+                .expect("an edge's end is a node")
+                .neighbours;
             let i = neighbours.iter().position(|m| m == y).expect("a neighbour");
             neighbours.swap_remove(i);
         }
@@ -414,7 +427,11 @@ where
             while i < part.len() {
                 let state = &self.nodes[&part[i]];
                 for m in &state.neighbours {
-                    let m = self.nodes.get_key_value(m).expect("a neighbour is a node").0;
+                    let m = self
+                        .nodes
+                        .get_key_value(m)
+                        .expect("a neighbour is a node")
+                        .0;
                     if seen.insert(m) {
                         part.push(m.clone());
                     }

@@ -82,7 +82,11 @@ pub trait CompactReduce<'scope, K, V> {
     /// out.sort_by_key(|(d, t, r)| (*t, *d, *r));
     /// assert_eq!(out, vec![(('a', 3), 0, 1), (('a', 3), 1, -1)]);
     /// ```
-    fn compact_reduce<O, L>(self, name: &str, logic: L) -> VecCollection<'scope, u64, (K, O), isize>
+    fn compact_reduce<O, L>(
+        self,
+        name: &str,
+        logic: L,
+    ) -> VecCollection<'scope, u64, (K, O), isize>
     where
         O: ExchangeData + Clone + Ord,
         L: FnMut(&K, &[(&V, isize)], &mut Vec<(O, isize)>) + 'static;
@@ -93,7 +97,11 @@ where
     K: ExchangeData + Clone + Ord + Hash,
     V: ExchangeData + Clone + Ord,
 {
-    fn compact_reduce<O, L>(self, name: &str, mut logic: L) -> VecCollection<'scope, u64, (K, O), isize>
+    fn compact_reduce<O, L>(
+        self,
+        name: &str,
+        mut logic: L,
+    ) -> VecCollection<'scope, u64, (K, O), isize>
     where
         O: ExchangeData + Clone + Ord,
         L: FnMut(&K, &[(&V, isize)], &mut Vec<(O, isize)>) + 'static,

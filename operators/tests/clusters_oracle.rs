@@ -53,8 +53,11 @@ fn generate(seed: u64) -> Case {
                     updates.push(Update::Edge(e, 1));
                 }
                 40..=59 => {
-                    let present: Vec<_> =
-                        edges.iter().filter(|(_, c)| **c > 0).map(|(e, _)| *e).collect();
+                    let present: Vec<_> = edges
+                        .iter()
+                        .filter(|(_, c)| **c > 0)
+                        .map(|(e, _)| *e)
+                        .collect();
                     if let Some(e) = present.get(rng.gen_range(0..present.len().max(1))) {
                         *edges.get_mut(e).unwrap() -= 1;
                         updates.push(Update::Edge(*e, -1));
@@ -62,13 +65,19 @@ fn generate(seed: u64) -> Case {
                 }
                 60..=84 => {
                     // Items mostly come from a small set, so components share values.
-                    let x = (rng.gen_range(0..n), (rng.gen_range(0..4u8), rng.gen_range(0..6u16)));
+                    let x = (
+                        rng.gen_range(0..n),
+                        (rng.gen_range(0..4u8), rng.gen_range(0..6u16)),
+                    );
                     *items.entry(x).or_default() += 1;
                     updates.push(Update::Item(x, 1));
                 }
                 85..=94 => {
-                    let present: Vec<_> =
-                        items.iter().filter(|(_, c)| **c > 0).map(|(x, _)| *x).collect();
+                    let present: Vec<_> = items
+                        .iter()
+                        .filter(|(_, c)| **c > 0)
+                        .map(|(x, _)| *x)
+                        .collect();
                     if let Some(x) = present.get(rng.gen_range(0..present.len().max(1))) {
                         *items.get_mut(x).unwrap() -= 1;
                         updates.push(Update::Item(*x, -1));
@@ -93,7 +102,9 @@ fn generate(seed: u64) -> Case {
 fn logic(items: &[Item], out: &mut Vec<Output>) {
     let mut h = 17u64;
     for (a, b) in items {
-        h = h.wrapping_mul(31).wrapping_add(u64::from(*a) * 1000 + u64::from(*b));
+        h = h
+            .wrapping_mul(31)
+            .wrapping_add(u64::from(*a) * 1000 + u64::from(*b));
     }
     out.push((h, items[0], items.len()));
     let kinds: BTreeSet<u8> = items.iter().map(|(a, _)| *a).collect();
@@ -181,7 +192,11 @@ fn run(case: &Case, workers: usize, all_feed: bool) -> Out {
             edges.advance_to(*time);
             items.advance_to(*time);
             for (i, u) in updates.iter().enumerate() {
-                let mine = if all_feed { i % peers == index } else { index == 0 };
+                let mine = if all_feed {
+                    i % peers == index
+                } else {
+                    index == 0
+                };
                 if !mine {
                     continue;
                 }
@@ -221,7 +236,9 @@ fn check(seed: u64, workers: usize, all_feed: bool) -> Result<(), String> {
         }
         acc.retain(|_, r| *r != 0);
         if acc != *want {
-            return Err(format!("output differs at time {time}:\n got  {acc:?}\n want {want:?}"));
+            return Err(format!(
+                "output differs at time {time}:\n got  {acc:?}\n want {want:?}"
+            ));
         }
     }
     Ok(())
@@ -263,7 +280,10 @@ fn a_path_split_in_the_middle_gives_two_components() {
     let mut first: Vec<Update> = (0..5).map(|i| Update::Edge((i, i + 1), 1)).collect();
     first.extend((0..6).map(|i| Update::Item((i, (0, i as u16)), 1)));
     let case = Case {
-        times: vec![(0, first), (1, vec![Update::Edge((3, 2), -1), Update::Edge((2, 3), 1)])],
+        times: vec![
+            (0, first),
+            (1, vec![Update::Edge((3, 2), -1), Update::Edge((2, 3), 1)]),
+        ],
     };
     // (3, 2) retracted and (2, 3) inserted: the same undirected edge, no change.
     let model = oracle(&case);
@@ -278,7 +298,10 @@ fn a_path_split_in_the_middle_gives_two_components() {
             for (o, _, r) in &got {
                 *acc.entry(*o).or_default() += r;
             }
-            acc.into_iter().filter(|(_, r)| *r != 0).map(|(o, _)| o).collect()
+            acc.into_iter()
+                .filter(|(_, r)| *r != 0)
+                .map(|(o, _)| o)
+                .collect()
         };
         let sizes: Vec<usize> = at1.iter().filter(|o| o.2 > 0).map(|o| o.2).collect();
         assert_eq!(sizes, vec![3, 3], "two halves of three items: {at1:?}");

@@ -69,7 +69,10 @@ fn generate(seed: u64) -> Case {
 fn logic(key: &Key, input: &[(&Value, isize)], out: &mut Vec<(Output, isize)>) {
     let mut h = u64::from(*key);
     for (v, r) in input {
-        h = h.wrapping_mul(31).wrapping_add(u64::from(**v) * 7).wrapping_add(*r as u64);
+        h = h
+            .wrapping_mul(31)
+            .wrapping_add(u64::from(**v) * 7)
+            .wrapping_add(*r as u64);
     }
     out.push(((h, 0), 1));
     let total: isize = input.iter().map(|(_, r)| r).sum();
@@ -122,7 +125,11 @@ fn run(case: &Case, workers: usize, all_feed: bool) -> Out {
         for (time, updates) in case.times.iter() {
             input.advance_to(*time);
             for (i, (x, r)) in updates.iter().enumerate() {
-                let mine = if all_feed { i % peers == index } else { index == 0 };
+                let mine = if all_feed {
+                    i % peers == index
+                } else {
+                    index == 0
+                };
                 if mine {
                     input.update(*x, *r);
                 }
@@ -157,7 +164,9 @@ fn check(seed: u64, workers: usize, all_feed: bool) -> Result<(), String> {
         }
         acc.retain(|_, r| *r != 0);
         if acc != *want {
-            return Err(format!("output differs at time {time}:\n got  {acc:?}\n want {want:?}"));
+            return Err(format!(
+                "output differs at time {time}:\n got  {acc:?}\n want {want:?}"
+            ));
         }
     }
     Ok(())
