@@ -33,13 +33,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
+use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine, ValBuilder, ValSpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use timely::dataflow::operators::vec::Map as _;
 
-use weft_operators::compact::CompactReduce;
 use weft_operators::future::{HoldConfig, HoldFuture};
 
 use crate::event::{write_json_string, Event, Field};
@@ -973,10 +972,18 @@ where
     P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
 {
     contributions
-        .compact_reduce("Aggregate", move |_p, input, output| {
-            output.push((aggregate(func, input), 1));
-        })
-        .arrange_by_key_named("Aggregate")
+        .arrange_by_key_named("Arrange: Aggregate")
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<P, AggValue, u64, isize>, _, _>(
+            "Aggregate",
+            move |_p, input, output| {
+                let v = aggregate(func, input);
+                output.push((v, 1));
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+            },
+        )
 }
 
 /// Builds an audience's members.
@@ -1060,22 +1067,28 @@ where
     }
     let cond = condition.clone();
     let members = all
-        .compact_reduce("Audience", move |_p, input, output| {
-            if universal && !input.iter().any(|((slot, _), _)| *slot == usize::MAX) {
-                return; // not a profile (any more)
-            }
-            let mut values: Vec<Option<AggValue>> = vec![None; n];
-            for ((slot, v), _) in input {
-                if *slot < n {
-                    values[*slot] = Some(v.clone());
+        .arrange_by_key_named("Arrange: Audience")
+        .reduce_abelian::<_, KeyBuilder<P, u64, isize>, KeySpine<P, u64, isize>, _, _>(
+            "Audience",
+            move |_p, input, output| {
+                if universal && !input.iter().any(|((slot, _), _)| *slot == usize::MAX) {
+                    return; // not a profile (any more)
                 }
-            }
-            if evaluate_condition(&cond, &values) {
-                output.push(((), 1));
-            }
-        })
-        .map(|(p, ())| p)
-        .arrange_by_self_named("Audience");
+                let mut values: Vec<Option<AggValue>> = vec![None; n];
+                for ((slot, v), _) in input {
+                    if *slot < n {
+                        values[*slot] = Some(v.clone());
+                    }
+                }
+                if evaluate_condition(&cond, &values) {
+                    output.push(((), 1));
+                }
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+            },
+        );
     Ok(members)
 }
 

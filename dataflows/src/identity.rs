@@ -127,7 +127,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::trace::implementations::ValSpine;
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use regex::RegexSet;
 use serde::{Deserialize, Serialize};
@@ -135,7 +135,6 @@ use serde_json::value::RawValue;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::core::Partition;
 use weft_operators::clusters::ClusterReduce;
-use weft_operators::compact::CompactReduce;
 use weft_operators::components::{ChangeKind, ComponentChange, ComponentChanges};
 use weft_operators::monotone::MonotoneMin;
 
@@ -734,12 +733,14 @@ fn build<'s>(
         seen.monotone_min("IdentityFirstSeen")
             .arrange_by_key_named("IdentityFirstSeenByKey")
     } else {
-        seen.compact_reduce("IdentityFirstSeen", |_h, input, output| {
-            if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
-                output.push((**v, 1));
-            }
-        })
-        .arrange_by_key_named("IdentityFirstSeenByKey")
+        seen.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, (i64, KindRank), u64, isize>>(
+            "IdentityFirstSeen",
+            |_h, input, output| {
+                if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
+                    output.push((**v, 1));
+                }
+            },
+        )
     };
     // (Insert-only: a hash names one identifier, which is never retracted:
     // one value per hash, without arranging every observation.)
@@ -748,13 +749,14 @@ fn build<'s>(
             .monotone_min("IdentityNamesFirst")
             .arrange_by_key_named("IdentityNames")
     } else {
-        names
-            .compact_reduce("IdentityNamesFirst", |_h, input, output| {
+        names.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, Identifier, u64, isize>>(
+            "IdentityNames",
+            |_h, input, output| {
                 if let Some((v, _)) = input.iter().find(|(_, r)| *r > 0) {
                     output.push(((*v).clone(), 1));
                 }
-            })
-            .arrange_by_key_named("IdentityNames")
+            },
+        )
     };
 
     // STEP 3. Edges with their first-seen time; alias edges to identifiers that exist.
@@ -770,7 +772,7 @@ fn build<'s>(
     let edges = if insert_only {
         sightings.monotone_min("IdentityEdgeFirstSeen")
     } else {
-        sightings.compact_reduce("IdentityEdgeFirstSeen", |_e, input, output| {
+        sightings.reduce_named("IdentityEdgeFirstSeen", |_e, input, output| {
             if let Some((t, _)) = input.iter().find(|(_, r)| *r > 0) {
                 output.push((**t, 1isize));
             }
@@ -796,7 +798,7 @@ fn build<'s>(
     let limits = Rc::clone(&rules);
     let kept = sides
         .flat_map(|(checked, side, _)| checked.then_some(side))
-        .compact_reduce("IdentityIdentifierLimits", move |_node, input, output| {
+        .reduce_named("IdentityIdentifierLimits", move |_node, input, output| {
             // Sorted by (other kind, edge time, other hash): keep a prefix of each kind.
             let mut kind = None;
             let mut count = 0u32;
@@ -819,13 +821,7 @@ fn build<'s>(
         });
     let candidates = kept
         .concat(unchecked)
-        .map(|edge| (edge, ()))
-        .compact_reduce("IdentityCandidates", |_, input, output| {
-            if input[0].1 == 2 {
-                output.push(((), 1));
-            }
-        })
-        .map(|(edge, ())| edge);
+        .threshold_named("IdentityCandidates", |_, c| isize::from(*c == 2));
 
     // STEP 5. Per cluster (connected component of the candidates, every
     // identifier an item of its own node): the greedy limits decide the
@@ -877,27 +873,29 @@ fn build<'s>(
     };
     let traits_by_profile = trait_obs
         .arrange_by_key_named("IdentityTraitObservations")
-        .join_core(profile_of.clone(), |_h, (key, lww), p| {
-            Some((*p, (key.clone(), lww.clone())))
-        })
-        .compact_reduce("IdentityTraits", |_p, input, output| {
-            // Sorted by (key, time, messageId, value): the last of each key wins.
-            let live = input
-                .iter()
-                .filter(|(_, r)| *r > 0)
-                .map(|((k, lww), _)| (k, lww));
-            let mut last: Option<(&Box<str>, &Lww)> = None;
-            for (k, lww) in live {
-                if let Some((lk, llww)) = last.filter(|(lk, _)| *lk != k) {
+        .join_core(profile_of.clone(), |_h, (key, lww), p| Some((*p, (key.clone(), lww.clone()))))
+        .arrange_by_key_named("IdentityTraitsByProfileIn")
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<ProfileId, (Box<str>, Box<str>), u64, isize>, _, _>(
+            "IdentityTraits",
+            |_p, input, output| {
+                // Sorted by (key, time, messageId, value): the last of each key wins.
+                let live = input.iter().filter(|(_, r)| *r > 0).map(|((k, lww), _)| (k, lww));
+                let mut last: Option<(&Box<str>, &Lww)> = None;
+                for (k, lww) in live {
+                    if let Some((lk, llww)) = last.filter(|(lk, _)| *lk != k) {
+                        output.push(((lk.clone(), llww.2.clone()), 1));
+                    }
+                    last = Some((k, lww));
+                }
+                if let Some((lk, llww)) = last {
                     output.push(((lk.clone(), llww.2.clone()), 1));
                 }
-                last = Some((k, lww));
-            }
-            if let Some((lk, llww)) = last {
-                output.push(((lk.clone(), llww.2.clone()), 1));
-            }
-        })
-        .arrange_by_key_named("IdentityTraits");
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
+            },
+        );
     let traits = traits_by_profile
         .clone()
         .as_collection(|p, (k, v)| ((*p, k.clone()), v.clone()));
@@ -905,7 +903,7 @@ fn build<'s>(
         .arrange_by_key_named("IdentityMemberships")
         .join_core(profile_of.clone(), |_h, g, p| Some((*p, *g)))
         .distinct();
-    let account_traits = group_trait_obs.compact_reduce("IdentityAccountTraits", last_write_wins);
+    let account_traits = group_trait_obs.reduce_named("IdentityAccountTraits", last_write_wins);
 
     Ok(IdentityOutputs {
         identifiers,

@@ -35,7 +35,8 @@
 //! (before and after) over the component's items, plus a walk of the
 //! component for every edge it loses. A merge moves the smaller component's
 //! nodes, so building a component of `n` nodes moves O(n log n) nodes in all.
-//! State: per node its items and neighbours (one hash-map entry), per present
+//! State: per node its items and neighbours (one hash-map entry; both lists
+//! shrunk to their length after each time that touches the node), per present
 //! edge one entry, per component its node list; nothing per time or per round.
 //!
 //! **One worker.** Components are global, so every update goes to worker 0,
@@ -292,7 +293,13 @@ where
                 .nodes
                 .get(n)
                 .is_some_and(|s| s.items.is_empty() && s.neighbours.is_empty());
-            if gone {
+            if !gone {
+                // Exactly sized: most nodes hold one or two items and neighbours.
+                if let Some(state) = self.nodes.get_mut(n) {
+                    state.items.shrink_to_fit();
+                    state.neighbours.shrink_to_fit();
+                }
+            } else {
                 let state = self.nodes.remove(n).expect("present");
                 let nodes = &mut self.clusters[state.cluster];
                 let i = nodes
@@ -322,6 +329,9 @@ where
                     self.emit(state.cluster, 1, logic, &mut out);
                 }
             }
+        }
+        for c in after {
+            self.clusters[c].shrink_to_fit();
         }
         out
     }

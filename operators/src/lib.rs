@@ -11,7 +11,6 @@
 //! | [`reclock`] | [`reclock::Reclock::reclock_to_watermark`]: position time → watermark clock (replays) | records of incomplete positions |
 //! | [`components`] | [`components::ConnectedComponents::connected_components`]: node → least node (or least-ranked node) of its component, under insertions and retractions; [`components::ComponentChanges::component_changes`]: merges and splits per time | edges twice, per node its label by round; one count per label |
 //! | [`clusters`] | [`clusters::ClusterReduce::cluster_reduce`]: a function of every connected component's items, recomputed for the components each time touches (on worker 0) | per node its items and neighbours, per edge a count, per component its nodes |
-//! | [`compact`] | [`compact::CompactReduce::compact_reduce`]: differential's `reduce` for `u64` times without its traces: the old output is recomputed from the old input | per key its accumulated `(value, count)` pairs, one exactly sized vector |
 //! | [`future`] | [`future::HoldFuture::hold_future`]: updates for future times (window expiries) held in a time-ordered heap until the frontier reaches them | one `(time, data, diff)` per held update |
 //! | [`by_time`] | [`by_time::SinkByTime::sink_by_time`]: consolidated updates per completed time, in time order | updates of incomplete times |
 
@@ -19,7 +18,6 @@
 
 pub mod by_time;
 pub mod clusters;
-pub mod compact;
 pub mod components;
 pub mod dedupe;
 pub mod future;
