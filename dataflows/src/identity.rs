@@ -13,7 +13,7 @@
 //!                                                   │            │ per cluster (component of the candidates), over its identifiers and candidates:
 //!                                                   │            │ greedy per-profile limits, union-find, oldest names
 //!                                                   │            ▼
-//!                                                   │          accepted edges; id → profile (ids in no cluster: themselves)
+//!                                                   │          accepted edges; id → profile (an id without candidates: itself)
 //!                                                   │            │ component_changes
 //!                                                   │            ▼
 //!                                                   │          merges / splits
@@ -929,7 +929,7 @@ fn last_write_wins<K>(_key: &K, input: &[(&Lww, isize)], output: &mut Vec<(Box<s
     }
 }
 
-/// What a cluster's reduce sees: its identifiers and its candidate edges.
+/// A cluster's items for `cluster_reduce`: its identifiers and its candidate edges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum ClusterItem {
     /// An identifier: hash, first-seen time, kind rank.
@@ -938,7 +938,7 @@ enum ClusterItem {
     Edge(EdgeKey, i64),
 }
 
-/// What a cluster's reduce decides.
+/// What `resolve_cluster` decides for a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Resolved {
     /// An identifier and its profile.

@@ -12,6 +12,8 @@
 //! within one time, over many logical times, at 1 and 4 workers, fed from one
 //! worker or from all.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +37,18 @@ struct Case {
     times: Vec<(u64, Vec<Update>)>,
 }
 
+/// One of the present keys (positive count), at random, with its count lowered.
+fn take_one<K: Copy + Ord>(rng: &mut SmallRng, counts: &mut BTreeMap<K, isize>) -> Option<K> {
+    let present: Vec<K> = counts
+        .iter()
+        .filter(|(_, c)| **c > 0)
+        .map(|(k, _)| *k)
+        .collect();
+    let k = *present.get(rng.gen_range(0..present.len().max(1)))?;
+    *counts.get_mut(&k).expect("present") -= 1;
+    Some(k)
+}
+
 fn generate(seed: u64) -> Case {
     let mut rng = SmallRng::seed_from_u64(seed);
     let n: Node = rng.gen_range(2..40);
@@ -53,14 +67,8 @@ fn generate(seed: u64) -> Case {
                     updates.push(Update::Edge(e, 1));
                 }
                 40..=59 => {
-                    let present: Vec<_> = edges
-                        .iter()
-                        .filter(|(_, c)| **c > 0)
-                        .map(|(e, _)| *e)
-                        .collect();
-                    if let Some(e) = present.get(rng.gen_range(0..present.len().max(1))) {
-                        *edges.get_mut(e).unwrap() -= 1;
-                        updates.push(Update::Edge(*e, -1));
+                    if let Some(e) = take_one(&mut rng, &mut edges) {
+                        updates.push(Update::Edge(e, -1));
                     }
                 }
                 60..=84 => {
@@ -73,14 +81,8 @@ fn generate(seed: u64) -> Case {
                     updates.push(Update::Item(x, 1));
                 }
                 85..=94 => {
-                    let present: Vec<_> = items
-                        .iter()
-                        .filter(|(_, c)| **c > 0)
-                        .map(|(x, _)| *x)
-                        .collect();
-                    if let Some(x) = present.get(rng.gen_range(0..present.len().max(1))) {
-                        *items.get_mut(x).unwrap() -= 1;
-                        updates.push(Update::Item(*x, -1));
+                    if let Some(x) = take_one(&mut rng, &mut items) {
+                        updates.push(Update::Item(x, -1));
                     }
                 }
                 _ => {
@@ -244,16 +246,9 @@ fn check(seed: u64, workers: usize, all_feed: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn seeds(default: std::ops::Range<u64>) -> Vec<u64> {
-    match std::env::var("CLUSTERS_SEED") {
-        Ok(s) => vec![s.parse().expect("CLUSTERS_SEED is a number")],
-        Err(_) => default.collect(),
-    }
-}
-
 #[test]
 fn cluster_reduce_matches_recomputation_one_worker() {
-    for seed in seeds(0..1500) {
+    for seed in common::seeds("CLUSTERS_SEED", 0..1500) {
         if let Err(e) = check(seed, 1, false) {
             panic!("seed {seed} (rerun with CLUSTERS_SEED={seed}), 1 worker: {e}");
         }
@@ -262,7 +257,7 @@ fn cluster_reduce_matches_recomputation_one_worker() {
 
 #[test]
 fn cluster_reduce_matches_recomputation_four_workers() {
-    for seed in seeds(1000..1200) {
+    for seed in common::seeds("CLUSTERS_SEED", 1000..1200) {
         for all_feed in [false, true] {
             if let Err(e) = check(seed, 4, all_feed) {
                 panic!(

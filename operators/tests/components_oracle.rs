@@ -10,6 +10,8 @@
 //! changing, over many logical times, at 1 and 4 workers, fed from one worker
 //! or from all.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
@@ -317,16 +319,9 @@ fn check(seed: u64, workers: usize, all_feed: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn seeds(default: std::ops::Range<u64>) -> Vec<u64> {
-    match std::env::var("COMPONENTS_SEED") {
-        Ok(s) => vec![s.parse().expect("COMPONENTS_SEED is a number")],
-        Err(_) => default.collect(),
-    }
-}
-
 #[test]
 fn components_match_union_find_one_worker() {
-    for seed in seeds(0..300) {
+    for seed in common::seeds("COMPONENTS_SEED", 0..300) {
         if let Err(e) = check(seed, 1, false) {
             panic!("seed {seed} (rerun with COMPONENTS_SEED={seed}), 1 worker: {e}");
         }
@@ -335,7 +330,7 @@ fn components_match_union_find_one_worker() {
 
 #[test]
 fn components_match_union_find_four_workers() {
-    for seed in seeds(1000..1100) {
+    for seed in common::seeds("COMPONENTS_SEED", 1000..1100) {
         for all_feed in [false, true] {
             if let Err(e) = check(seed, 4, all_feed) {
                 panic!(

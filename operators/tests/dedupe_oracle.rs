@@ -8,6 +8,8 @@
 //! with and without forced spilling, and the consolidated output and the
 //! counters must equal the model's.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -266,13 +268,6 @@ fn check(
     Ok(got_stats)
 }
 
-fn seeds(n: u64) -> Vec<u64> {
-    match std::env::var("DEDUPE_SEED") {
-        Ok(s) => vec![s.parse().expect("DEDUPE_SEED is a number")],
-        Err(_) => (0..n).collect(),
-    }
-}
-
 fn spill_dir(tag: &str, seed: u64) -> PathBuf {
     std::env::temp_dir().join(format!(
         "weft-dedupe-oracle-{}-{tag}-{seed}",
@@ -282,7 +277,7 @@ fn spill_dir(tag: &str, seed: u64) -> PathBuf {
 
 #[test]
 fn matches_model_at_1_and_4_workers() {
-    for seed in seeds(80) {
+    for seed in common::seeds("DEDUPE_SEED", 0..80) {
         let case = generate(seed);
         for (workers, feed) in [
             (1, Feed::RoundRobin),
@@ -301,7 +296,7 @@ fn matches_model_at_1_and_4_workers() {
 
 #[test]
 fn matches_model_when_forced_to_spill() {
-    for seed in seeds(40) {
+    for seed in common::seeds("DEDUPE_SEED", 0..40) {
         let case = generate(seed);
         for (workers, limit) in [(1, 0), (4, 0), (4, 600)] {
             let dir = spill_dir("spill", seed);
