@@ -964,6 +964,10 @@ where
 
 /// Arranges an aggregate's (windowed) contributions by profile and reduces
 /// them to its value.
+///
+/// A `count` is the accumulated multiplicity of its contributions, whatever
+/// their values: it arranges the profiles alone (a key and its count, with
+/// no 32-byte value per profile), and reduces them to the same values.
 fn arrange_contributions<'s, P>(
     contributions: VecCollection<'s, u64, (P, Contribution), isize>,
     func: AggFunc,
@@ -971,6 +975,22 @@ fn arrange_contributions<'s, P>(
 where
     P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
 {
+    if func == AggFunc::Count {
+        return contributions
+            .map(|(p, _)| p)
+            .arrange_by_self_named("Arrange: Aggregate (count)")
+            .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<P, AggValue, u64, isize>, _, _>(
+                "Aggregate",
+                |_p, input, output| {
+                    let n: isize = input.iter().map(|(_, n)| *n).sum();
+                    output.push((AggValue::Num(n as f64), 1));
+                },
+                |vec, key, upds| {
+                    vec.clear();
+                    vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+                },
+            );
+    }
     contributions
         .arrange_by_key_named("Arrange: Aggregate")
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<P, AggValue, u64, isize>, _, _>(

@@ -98,11 +98,44 @@ fn event_key(e: &StoredEvent) -> EventKey {
 struct ProfileEntry {
     identifiers: Sorted<Identifier, ()>,
     traits: Sorted<Box<str>, Box<str>>,
-    computed: Sorted<Arc<str>, AggValue>,
+    computed: Sorted<Arc<str>, IndexValue>,
     audiences: Sorted<Arc<str>, ()>,
     events: Events,
     /// Per anchor, the head of its chain of events (read at lookup).
     heads: Sorted<IdHash, StoredEvent>,
+}
+
+/// A computed trait's value in the index: a number (most of them) inline,
+/// anything else boxed. 16 bytes instead of an [`AggValue`]'s 32: a profile
+/// holds one per computed trait.
+#[derive(Clone, Debug)]
+enum IndexValue {
+    Num(f64),
+    Other(Box<AggValue>),
+}
+
+impl IndexValue {
+    fn new(v: &AggValue) -> Self {
+        match v {
+            AggValue::Num(x) => IndexValue::Num(*x),
+            other => IndexValue::Other(Box::new(other.clone())),
+        }
+    }
+
+    /// Whether this is `v` (as [`AggValue`] compares them).
+    fn is(&self, v: &AggValue) -> bool {
+        match self {
+            IndexValue::Num(x) => AggValue::Num(*x) == *v,
+            IndexValue::Other(o) => **o == *v,
+        }
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            IndexValue::Num(x) => AggValue::Num(*x).write_json(out),
+            IndexValue::Other(v) => v.write_json(out),
+        }
+    }
 }
 
 /// A small map as a vector sorted by key.
@@ -409,10 +442,10 @@ impl IndexState {
             IndexUpdate::Computed(p, name, value) => {
                 if insert {
                     let name = self.name(name);
-                    self.entry(*p).computed.insert(name, value.clone());
+                    self.entry(*p).computed.insert(name, IndexValue::new(value));
                 } else {
                     let computed = &mut self.entry(*p).computed;
-                    if computed.get(name.as_str()) == Some(value) {
+                    if computed.get(name.as_str()).is_some_and(|v| v.is(value)) {
                         computed.remove(name.as_str());
                     }
                 }

@@ -91,9 +91,19 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     about = "End-to-end: Kafka → dedupe → identity → audiences → Kafka, with its ceiling and COST."
 )]
 struct Args {
-    /// Events to produce.
+    /// `standard`: the benchmark job on `weft_bench::gen` events (the
+    /// throughput, latency and COST figures). `profiles`: the memory goal's
+    /// profile shape, `--profiles` profiles of 3 identifiers and 20 counters
+    /// each (see [`profile_events`]); throughput and memory, checked against
+    /// the counts the generator implies.
+    #[arg(long, value_enum, default_value_t = Workload::Standard)]
+    workload: Workload,
+    /// Events to produce (workload `standard`).
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// Profiles to produce (workload `profiles`: 21 events each).
+    #[arg(long, default_value_t = 100_000)]
+    profiles: u64,
     /// Partitions of the input topic.
     #[arg(long, default_value_t = 2)]
     partitions: i32,
@@ -135,6 +145,12 @@ struct Args {
     /// Brokers [default: $KAFKA_BROKERS].
     #[arg(long)]
     brokers: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    Standard,
+    Profiles,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -184,6 +200,108 @@ fn produce(brokers: &str, topic: &str, events: u64, partitions: i32) -> Result<(
     }
     p.flush(Duration::from_secs(300))?;
     Ok((n, bytes))
+}
+
+// ---------------------------------------------------------------------------
+// The profile-shaped workload (the memory goal: profiles of 3 identifiers and
+// 20 counters each).
+
+/// Counters per profile in the `profiles` workload.
+const COUNTERS: usize = 20;
+
+/// The `profiles` workload's computed traits: one unwindowed counter per event name.
+fn counter_traits() -> Vec<(String, String)> {
+    (0..COUNTERS)
+        .map(|k| {
+            (
+                format!("counter_{k:02}"),
+                format!(r#"count(track "Counter {k:02}")"#),
+            )
+        })
+        .collect()
+}
+
+/// Event `round` (0..=COUNTERS) of profile `p` of `profiles`, with event times
+/// filling `[start_ms, start_ms + span_ms)` in production order (round by
+/// round, profile by profile). Round 0 is an anonymous visitor's
+/// `track "Counter 00"`; round 1 is the `identify` that names its user id and
+/// email (3 identifiers: the anonymous profile merges with the user's);
+/// rounds 2..=20 are `track "Counter 01"`..`"Counter 19"`, by user id on odd
+/// rounds and by anonymous id on even ones. Every profile ends with each of
+/// its 20 counters at 1, and is named by its anonymous id (seen first).
+fn profile_event(p: u64, round: usize, profiles: u64, start_ms: i64, span_ms: i64) -> String {
+    let slot = round as u64 * profiles + p;
+    let total = (COUNTERS as u64 + 1) * profiles;
+    let ts = weft_bench::gen::format_iso8601_ms(
+        start_ms + (slot as f64 * span_ms as f64 / total as f64) as i64,
+    );
+    let (anon, user) = (format!("anon-{p:08x}"), format!("user-{p}"));
+    if round == 1 {
+        return format!(
+            r#"{{"type":"identify","messageId":"m-{p}-{round}","anonymousId":"{anon}","userId":"{user}","traits":{{"email":"{user}@example.com"}},"timestamp":"{ts}"}}"#
+        );
+    }
+    let counter = if round == 0 { 0 } else { round - 1 };
+    let who = if round % 2 == 1 {
+        format!(r#""userId":"{user}""#)
+    } else {
+        format!(r#""anonymousId":"{anon}""#)
+    };
+    format!(
+        r#"{{"type":"track","messageId":"m-{p}-{round}","event":"Counter {counter:02}",{who},"properties":{{"n":{round}}},"timestamp":"{ts}"}}"#
+    )
+}
+
+/// Produces the `profiles` workload; returns (records, bytes).
+fn produce_profiles(brokers: &str, topic: &str, profiles: u64, partitions: i32) -> Result<(u64, u64)> {
+    let p = producer(brokers, "20")?;
+    let span = DAY_MS;
+    let start = now_ms() - span;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for round in 0..=COUNTERS {
+        for k in 0..profiles {
+            let event = profile_event(k, round, profiles, start, span);
+            send(&p, topic, (n % partitions as u64) as i32, event.as_bytes())?;
+            p.poll(Duration::ZERO);
+            bytes += event.len() as u64;
+            n += 1;
+        }
+    }
+    p.flush(Duration::from_secs(300))?;
+    Ok((n, bytes))
+}
+
+/// Checks the `profiles` workload's computed traits at `t`: every profile's
+/// 20 counters at 1, keyed by its anonymous id, and nothing else.
+fn check_profiles(brokers: &str, topic: &str, t: u64, profiles: u64) -> Result<(bool, String)> {
+    let traits = sink_state(brokers, &format!("{topic}-traits"), t)?;
+    let mut got: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut wrong_value = 0u64;
+    for d in traits.values() {
+        let name = d.get("trait").and_then(|v| v.as_str()).unwrap_or_default();
+        let profile = d.get("profile").and_then(|v| v.as_str()).unwrap_or_default();
+        if d.get("value").and_then(serde_json::Value::as_f64) != Some(1.0) {
+            wrong_value += 1;
+        }
+        got.insert((name.to_string(), profile.to_string()));
+    }
+    let want: BTreeSet<(String, String)> = (0..profiles)
+        .flat_map(|p| {
+            (0..COUNTERS).map(move |k| (format!("counter_{k:02}"), format!("anonymous_id:anon-{p:08x}")))
+        })
+        .collect();
+    let missing = want.difference(&got).count();
+    let extra = got.difference(&want).count();
+    let ok = missing == 0 && extra == 0 && wrong_value == 0;
+    Ok((
+        ok,
+        format!(
+            "{}: {} counter values (expected {}; missing {missing}, unexpected {extra}, not 1: {wrong_value})",
+            if ok { "MATCH" } else { "MISMATCH" },
+            got.len(),
+            want.len()
+        ),
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -396,6 +514,7 @@ fn write_spec(
     topic: &str,
     dedupe_window: &str,
     tick: &str,
+    workload: Workload,
 ) -> Result<JobSpec> {
     let mut spec = format!(
         r#"[job]
@@ -417,17 +536,26 @@ window = "{dedupe_window}"
         pid = std::process::id(),
         state = dir.join("state").display(),
     );
-    for (name, query) in TRAITS {
+    let (traits, audiences, sinks): (Vec<(String, String)>, &[(&str, &str)], &[(&str, &str)]) =
+        match workload {
+            Workload::Standard => (
+                TRAITS.iter().map(|(n, q)| (n.to_string(), q.to_string())).collect(),
+                &AUDIENCES,
+                &[("audiences", "audiences"), ("traits", "computed_traits")],
+            ),
+            Workload::Profiles => (counter_traits(), &[], &[("traits", "computed_traits")]),
+        };
+    for (name, query) in traits {
         spec.push_str(&format!(
             "\n[[traits]]\nname = \"{name}\"\nquery = '{query}'\n"
         ));
     }
-    for (name, query) in AUDIENCES {
+    for (name, query) in audiences {
         spec.push_str(&format!(
             "\n[[audiences]]\nname = \"{name}\"\nquery = '{query}'\n"
         ));
     }
-    for (name, output) in [("audiences", "audiences"), ("traits", "computed_traits")] {
+    for (name, output) in sinks {
         spec.push_str(&format!(
             "\n[[sinks]]\ntype = \"kafka\"\nname = \"{name}\"\noutput = \"{output}\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}-{name}\"\npartitions = 1\noptions = {{ \"retry.backoff.ms\" = \"5\" }}\n"
         ));
@@ -908,7 +1036,12 @@ fn main() -> Result<()> {
 fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
     let mb = |b: f64| b / 1e6;
     let t = Instant::now();
-    let (events, bytes) = produce(brokers, topic, args.events, args.partitions)?;
+    let profiles_workload = args.workload == Workload::Profiles;
+    let (events, bytes) = if profiles_workload {
+        produce_profiles(brokers, topic, args.profiles, args.partitions)?
+    } else {
+        produce(brokers, topic, args.events, args.partitions)?
+    };
     println!(
         "produce: {events} events ({:.0} MB) to {} partitions in {:.1} s",
         mb(bytes as f64),
@@ -924,7 +1057,14 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
     );
 
     // PHASE 2. Weft: the job over the whole topic.
-    let spec = write_spec(dir, brokers, topic, &args.dedupe_window, &args.tick)?;
+    let spec = write_spec(
+        dir,
+        brokers,
+        topic,
+        &args.dedupe_window,
+        &args.tick,
+        args.workload,
+    )?;
     if args.arrangement_sizes {
         weft_engine::arrangements::record();
     }
@@ -952,7 +1092,8 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
     }
 
     // PHASE 3. Latency at half the load.
-    let lat = if args.latency_secs > 0.0 {
+    // (The probes join an audience of the standard job.)
+    let lat = if args.latency_secs > 0.0 && !profiles_workload {
         Some(latency(args, brokers, topic, &cluster, id, rate / 2.0)?)
     } else {
         None
@@ -966,12 +1107,17 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
     drop(cluster);
 
     // PHASE 4. COST, and the check.
-    let cost_run = if args.no_cost {
+    // (The COST program computes the standard job's outputs.)
+    let cost_run = if args.no_cost || profiles_workload {
         None
     } else {
         Some(cost(brokers, topic, &ends, tp.t, events)?)
     };
-    let profiles = cost_run.as_ref().map(|c| c.output.stats.profiles);
+    let profiles = if profiles_workload {
+        Some(args.profiles)
+    } else {
+        cost_run.as_ref().map(|c| c.output.stats.profiles)
+    };
 
     // Summary.
     println!();
@@ -1077,6 +1223,13 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
                 },
                 per(a.records)
             );
+        }
+    }
+    if profiles_workload {
+        let (ok, verdict) = check_profiles(brokers, topic, tp.t, args.profiles)?;
+        println!("check at logical time {}: {verdict}", tp.t);
+        if !ok {
+            bail!("Weft's computed counters are not the generated ones");
         }
     }
     if let Some(c) = &cost_run {
