@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use timely::dataflow::operators::vec::Map as _;
 
+use weft_operators::counters::{Counts, SlotTotals};
 use weft_operators::future::{HoldConfig, HoldFuture};
 
 use crate::event::{write_json_string, Event, Field};
@@ -877,22 +878,103 @@ where
 
     /// Arranges and reduces each aggregate of `aggs` from windowed
     /// contributions `(aggregate index, (profile, contribution))`.
+    ///
+    /// The `count` aggregates are one record per profile whatever their
+    /// number: each contribution becomes the profile with a one-slot
+    /// [`Counts`] difference (the slot is the aggregate's index), and
+    /// [`SlotTotals::slot_totals`] accumulates them to every count's value,
+    /// arranged per aggregate. The other aggregates are arranged and reduced
+    /// one by one ([`arrange_contributions`]).
     pub fn from_windowed(
         contributions: VecCollection<'s, u64, (usize, (P, Contribution)), isize>,
         aggs: &[Aggregate],
     ) -> Self {
-        use timely::dataflow::operators::vec::Partition as _;
-        let parts = contributions
+        let counted = counted(aggs);
+        let slots = counted.clone();
+        let counts = contributions
             .inner
-            .partition(aggs.len() as u64, |((i, d), t, r)| (i as u64, (d, t, r)));
-        let entries = parts
-            .into_iter()
-            .zip(aggs)
-            .map(|(part, agg)| {
-                (
-                    agg.clone(),
-                    arrange_contributions(part.as_collection(), agg.func),
-                )
+            .clone()
+            .flat_map(move |((i, (p, _c)), t, r)| {
+                slots[i].then(|| (p, t, Counts::one(i as u32, r as i64)))
+            })
+            .as_collection();
+        let others = contributions.filter(move |(i, _)| !counted[*i]);
+        Self::assemble(counts, others, aggs)
+    }
+
+    /// [`SharedAggregates::from_windowed`] for contributions keyed by the
+    /// anchor identifier they belong to, `(anchor, (aggregate index,
+    /// contribution))`, joined here with `profile_of` (anchor → profile).
+    ///
+    /// Both are arranged by anchor, so that a profile merge or split re-keys
+    /// the consolidated contributions of the anchors involved: the `count`s
+    /// as one record per anchor with all its counts as the difference
+    /// ("CountsByAnchor"), the other aggregates one record per anchor,
+    /// aggregate and distinct contribution ("ContributionsByAnchor").
+    pub fn from_windowed_by<K>(
+        contributions: VecCollection<'s, u64, (K, (usize, Contribution)), isize>,
+        profile_of: Arranged<'s, TraceAgent<ValSpine<K, P, u64, isize>>>,
+        aggs: &[Aggregate],
+    ) -> Self
+    where
+        K: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
+    {
+        let counted = counted(aggs);
+        let slots = counted.clone();
+        let counts = contributions
+            .inner
+            .clone()
+            .flat_map(move |((a, (i, _c)), t, r)| {
+                slots[i].then(|| (a, t, Counts::one(i as u32, r as i64)))
+            })
+            .as_collection()
+            .arrange_by_self_named("CountsByAnchor")
+            .join_core(profile_of.clone(), |_a, (), p| Some(p.clone()));
+        let others = contributions
+            .filter(move |(_, (i, _))| !counted[*i])
+            .arrange_by_key_named("ContributionsByAnchor")
+            .join_core(profile_of, |_a, (i, c), p| {
+                Some((*i, (p.clone(), c.clone())))
+            });
+        Self::assemble(counts, others, aggs)
+    }
+
+    /// Every aggregate's arrangement: the `count`s from `counts` (profiles
+    /// with their counts as the difference), the others from `others`.
+    fn assemble(
+        counts: differential_dataflow::Collection<'s, u64, Vec<(P, u64, Counts)>>,
+        others: VecCollection<'s, u64, (usize, (P, Contribution)), isize>,
+        aggs: &[Aggregate],
+    ) -> Self {
+        use timely::dataflow::operators::vec::Partition as _;
+        let n = aggs.len() as u64;
+        let mut totals = counts
+            .slot_totals("Counts")
+            .inner
+            .partition(n, |((i, (p, total)), t, r)| {
+                (i as u64, ((p, AggValue::Num(total as f64)), t, r))
+            })
+            .into_iter();
+        let mut contributions = others
+            .inner
+            .partition(n, |((i, d), t, r)| (i as u64, (d, t, r)))
+            .into_iter();
+        let entries = aggs
+            .iter()
+            .map(|agg| {
+                let (values, part) = (totals.next(), contributions.next());
+                let arranged = if agg.func == AggFunc::Count {
+                    values
+                        .expect("one part per aggregate")
+                        .as_collection()
+                        .arrange_by_key_named("Aggregate")
+                } else {
+                    arrange_contributions(
+                        part.expect("one part per aggregate").as_collection(),
+                        agg.func,
+                    )
+                };
+                (agg.clone(), arranged)
             })
             .collect();
         SharedAggregates { entries }
@@ -905,6 +987,11 @@ where
             .find(|(a, _)| a == agg)
             .map(|(_, arranged)| arranged.clone())
     }
+}
+
+/// Which of `aggs` are `count`s (computed as [`Counts`] differences).
+fn counted(aggs: &[Aggregate]) -> std::sync::Arc<Vec<bool>> {
+    std::sync::Arc::new(aggs.iter().map(|a| a.func == AggFunc::Count).collect())
 }
 
 /// The collections an audience compilation reads.

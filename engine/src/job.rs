@@ -207,12 +207,12 @@ fn build_profiles<'s>(
         } else {
             by_anchor
         };
-        let contributions = SharedAggregates::<ProfileId>::window(by_anchor, &aggs)
-            .arrange_by_key_named("ContributionsByAnchor")
-            .join_core(ids.profile_of.clone(), |_a, (i, c), p| {
-                Some((*i, (*p, c.clone())))
-            });
-        Rc::new(SharedAggregates::from_windowed(contributions, &aggs))
+        let windowed = SharedAggregates::<ProfileId>::window(by_anchor, &aggs);
+        Rc::new(SharedAggregates::from_windowed_by(
+            windowed,
+            ids.profile_of.clone(),
+            &aggs,
+        ))
     });
     // Every spec aggregate is in `shared`: the compilation never reads
     // events (runtime definitions load them from `events_by_anchor`).

@@ -158,17 +158,11 @@ fn build<'scope, T, D, R, P, L>(
 /// Updates held until their time completes, each time with a capability to
 /// send at it: the state of operators that apply completed times one at a
 /// time, in time order (`monotone`, `weft_dataflows::chain`).
-pub struct TimeStash<D> {
-    pending: BTreeMap<
-        u64,
-        (
-            timely::dataflow::operators::Capability<u64>,
-            Vec<(D, isize)>,
-        ),
-    >,
+pub struct TimeStash<D, R = isize> {
+    pending: BTreeMap<u64, (timely::dataflow::operators::Capability<u64>, Vec<(D, R)>)>,
 }
 
-impl<D> Default for TimeStash<D> {
+impl<D, R> Default for TimeStash<D, R> {
     fn default() -> Self {
         TimeStash {
             pending: BTreeMap::new(),
@@ -176,12 +170,12 @@ impl<D> Default for TimeStash<D> {
     }
 }
 
-impl<D> TimeStash<D> {
+impl<D, R> TimeStash<D, R> {
     /// Holds `data`'s updates by time; `delayed(t)` is a capability for `t`
     /// (asked once per new time).
     pub fn stash(
         &mut self,
-        data: &mut Vec<(D, u64, isize)>,
+        data: &mut Vec<(D, u64, R)>,
         delayed: impl Fn(&u64) -> timely::dataflow::operators::Capability<u64>,
     ) {
         for (d, t, r) in data.drain(..) {
@@ -201,7 +195,7 @@ impl<D> TimeStash<D> {
     ) -> Option<(
         u64,
         timely::dataflow::operators::Capability<u64>,
-        Vec<(D, isize)>,
+        Vec<(D, R)>,
     )> {
         let entry = self.pending.first_entry()?;
         if frontier.less_equal(entry.key()) {

@@ -253,7 +253,12 @@ fn profile_event(p: u64, round: usize, profiles: u64, start_ms: i64, span_ms: i6
 }
 
 /// Produces the `profiles` workload; returns (records, bytes).
-fn produce_profiles(brokers: &str, topic: &str, profiles: u64, partitions: i32) -> Result<(u64, u64)> {
+fn produce_profiles(
+    brokers: &str,
+    topic: &str,
+    profiles: u64,
+    partitions: i32,
+) -> Result<(u64, u64)> {
     let p = producer(brokers, "20")?;
     let span = DAY_MS;
     let start = now_ms() - span;
@@ -279,7 +284,10 @@ fn check_profiles(brokers: &str, topic: &str, t: u64, profiles: u64) -> Result<(
     let mut wrong_value = 0u64;
     for d in traits.values() {
         let name = d.get("trait").and_then(|v| v.as_str()).unwrap_or_default();
-        let profile = d.get("profile").and_then(|v| v.as_str()).unwrap_or_default();
+        let profile = d
+            .get("profile")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         if d.get("value").and_then(serde_json::Value::as_f64) != Some(1.0) {
             wrong_value += 1;
         }
@@ -287,7 +295,12 @@ fn check_profiles(brokers: &str, topic: &str, t: u64, profiles: u64) -> Result<(
     }
     let want: BTreeSet<(String, String)> = (0..profiles)
         .flat_map(|p| {
-            (0..COUNTERS).map(move |k| (format!("counter_{k:02}"), format!("anonymous_id:anon-{p:08x}")))
+            (0..COUNTERS).map(move |k| {
+                (
+                    format!("counter_{k:02}"),
+                    format!("anonymous_id:anon-{p:08x}"),
+                )
+            })
         })
         .collect();
     let missing = want.difference(&got).count();
@@ -539,7 +552,10 @@ window = "{dedupe_window}"
     let (traits, audiences, sinks): (Vec<(String, String)>, &[(&str, &str)], &[(&str, &str)]) =
         match workload {
             Workload::Standard => (
-                TRAITS.iter().map(|(n, q)| (n.to_string(), q.to_string())).collect(),
+                TRAITS
+                    .iter()
+                    .map(|(n, q)| (n.to_string(), q.to_string()))
+                    .collect(),
                 &AUDIENCES,
                 &[("audiences", "audiences"), ("traits", "computed_traits")],
             ),

@@ -1,0 +1,273 @@
+//! Many counts per key as one row: a vector-valued difference, and the
+//! per-slot totals it accumulates to.
+//!
+//! A job with twenty `count` aggregates keeps, arranged per aggregate, one
+//! record per key and aggregate: twenty keys, twenty values and twenty
+//! update entries per profile in each arrangement the counts pass through.
+//! Counts are linear, so they need no records at all: a count is the
+//! accumulated *difference* of a key. [`Counts`] is that difference for many
+//! counts at once (a sparse vector of `(slot, count)`), so that a collection
+//! of keys with `Counts` diffs holds one record per key whatever the number
+//! of aggregates, and arrangements and joins consolidate it like any other
+//! difference. Materialize plans its accumulable reductions (`count`, `sum`)
+//! the same way, with arrays of accumulators as the difference.
+//!
+//! ```text
+//!  k with Counts {s: +1} at t ──► [ exchange by k ] ──► totals(k) += diff ──► (s, (k, old)) -1, (s, (k, new)) +1 at t
+//! ```
+//!
+//! [`SlotTotals::slot_totals`] turns such a collection back into ordinary
+//! records, `(slot, (key, total))` for every key and slot whose total is not
+//! zero, with `isize` diffs. Invariants:
+//! - the output at every time is exactly that set: the same as a `reduce`
+//!   per slot that sums its input's multiplicities (retractions included);
+//! - updates are applied one completed time at a time, in time order (held
+//!   with a capability until the frontier has passed their time), so the
+//!   output does not depend on batching or on the number of workers;
+//! - memory: per key with a non-zero total, its `Counts` (16 bytes per
+//!   non-zero slot) in a hash map; a key whose totals all return to zero is
+//!   removed. Plus the updates of times the frontier has not passed yet.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use differential_dataflow::consolidation::consolidate;
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use differential_dataflow::hashable::Hashable;
+use differential_dataflow::{AsCollection, Collection, VecCollection};
+use serde::{Deserialize, Serialize};
+
+use crate::by_time::TimeStash;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::ExchangeData;
+
+/// Counts by slot: a sparse vector, sorted by slot, without zero entries.
+/// As a difference it adds slot-wise; it is zero when it has no entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Counts(Vec<(u32, i64)>);
+
+impl Counts {
+    /// `n` in `slot` and zero elsewhere.
+    pub fn one(slot: u32, n: i64) -> Counts {
+        if n == 0 {
+            Counts(Vec::new())
+        } else {
+            Counts(vec![(slot, n)])
+        }
+    }
+
+    /// The count of `slot`.
+    pub fn get(&self, slot: u32) -> i64 {
+        match self.0.binary_search_by_key(&slot, |(s, _)| *s) {
+            Ok(i) => self.0[i].1,
+            Err(_) => 0,
+        }
+    }
+
+    /// Adds `n` to `slot`'s count in place; returns its count before and after.
+    pub fn add(&mut self, slot: u32, n: i64) -> (i64, i64) {
+        match self.0.binary_search_by_key(&slot, |(s, _)| *s) {
+            Ok(i) => {
+                let was = self.0[i].1;
+                self.0[i].1 += n;
+                let now = self.0[i].1;
+                if now == 0 {
+                    self.0.remove(i);
+                }
+                (was, now)
+            }
+            Err(i) => {
+                if n != 0 {
+                    self.0.insert(i, (slot, n));
+                }
+                (0, n)
+            }
+        }
+    }
+
+    /// The non-zero counts, by slot.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl IsZero for Counts {
+    fn is_zero(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Semigroup for Counts {
+    fn plus_equals(&mut self, rhs: &Self) {
+        if rhs.0.is_empty() {
+            return;
+        }
+        // A single slot (the common case): in place.
+        if let [(slot, n)] = rhs.0[..] {
+            self.add(slot, n);
+            return;
+        }
+        let mut merged = Vec::with_capacity(self.0.len() + rhs.0.len());
+        let (mut a, mut b) = (self.0.iter().peekable(), rhs.0.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&&(sa, na)), Some(&&(sb, nb))) => {
+                    if sa < sb {
+                        a.next();
+                        (sa, na)
+                    } else if sb < sa {
+                        b.next();
+                        (sb, nb)
+                    } else {
+                        a.next();
+                        b.next();
+                        (sa, na + nb)
+                    }
+                }
+                (Some(&&x), None) => {
+                    a.next();
+                    x
+                }
+                (None, Some(&&x)) => {
+                    b.next();
+                    x
+                }
+                (None, None) => break,
+            };
+            if next.1 != 0 {
+                merged.push(next);
+            }
+        }
+        self.0 = merged;
+    }
+}
+
+impl Monoid for Counts {
+    fn zero() -> Self {
+        Counts(Vec::new())
+    }
+}
+
+impl Abelian for Counts {
+    fn negate(&mut self) {
+        for (_, n) in &mut self.0 {
+            *n = -*n;
+        }
+    }
+}
+
+impl Multiply<isize> for Counts {
+    type Output = Counts;
+    fn multiply(mut self, rhs: &isize) -> Counts {
+        if *rhs == 0 {
+            return Counts::zero();
+        }
+        for (_, n) in &mut self.0 {
+            *n *= *rhs as i64;
+        }
+        self
+    }
+}
+
+/// Adds [`SlotTotals::slot_totals`] to collections of keys with [`Counts`] diffs.
+pub trait SlotTotals<'scope, K> {
+    /// `(slot, (key, total))` for every key and slot whose accumulated count
+    /// is not zero (see the module docs).
+    ///
+    /// ```
+    /// use differential_dataflow::input::Input;
+    /// use weft_operators::counters::{Counts, SlotTotals};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// timely::execute_directly(move |worker| {
+    ///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
+    ///         let (input, keys) = scope.new_collection::<char, Counts>();
+    ///         keys.slot_totals("Counts")
+    ///             .inspect(move |x| log.lock().unwrap().push(*x));
+    ///         input
+    ///     });
+    ///     input.update('a', Counts::one(0, 1));
+    ///     input.update('a', Counts::one(3, 2));
+    ///     input.advance_to(1);
+    ///     input.update('a', Counts::one(0, -1)); // slot 0 back to zero: no record
+    /// });
+    /// let mut seen = seen.lock().unwrap().clone();
+    /// seen.sort();
+    /// assert_eq!(seen, vec![((0, ('a', 1)), 0, 1), ((0, ('a', 1)), 1, -1), ((3, ('a', 2)), 0, 1)]);
+    /// ```
+    fn slot_totals(self, name: &str) -> VecCollection<'scope, u64, (u32, (K, i64)), isize>;
+}
+
+impl<'scope, K> SlotTotals<'scope, K> for Collection<'scope, u64, Vec<(K, u64, Counts)>>
+where
+    K: ExchangeData + Clone + Hash + Eq + Ord,
+{
+    fn slot_totals(self, name: &str) -> VecCollection<'scope, u64, (u32, (K, i64)), isize> {
+        let mut totals: HashMap<K, Counts> = HashMap::new();
+        let mut pending: TimeStash<K, Counts> = TimeStash::default();
+        let by_key = Exchange::new(|(k, _t, _r): &(K, u64, Counts)| k.hashed());
+        self.inner
+            .unary_frontier::<CapacityContainerBuilder<Vec<((u32, (K, i64)), u64, isize)>>, _, _, _>(
+                by_key,
+                name,
+                move |_, _| {
+                    move |(input, frontier), output| {
+                        input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
+                        // Apply every time the frontier has passed, in order.
+                        while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
+                            consolidate(&mut updates);
+                            let mut session = output.session(&cap);
+                            for (k, delta) in updates {
+                                let row = totals.entry(k.clone()).or_default();
+                                for (slot, n) in delta.iter() {
+                                    let (was, now) = row.add(slot, n);
+                                    if was != 0 {
+                                        session.give(((slot, (k.clone(), was)), time, -1));
+                                    }
+                                    if now != 0 {
+                                        session.give(((slot, (k.clone(), now)), time, 1));
+                                    }
+                                }
+                                if row.is_zero() {
+                                    totals.remove(&k);
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+            .as_collection()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(v: &[(u32, i64)]) -> Counts {
+        let mut out = Counts::zero();
+        for &(s, n) in v {
+            out.plus_equals(&Counts::one(s, n));
+        }
+        out
+    }
+
+    #[test]
+    fn counts_add_slot_wise_and_drop_zeros() {
+        let mut a = c(&[(1, 2), (4, 1)]);
+        a.plus_equals(&c(&[(0, 1), (1, -2), (9, 3)]));
+        assert_eq!(a, Counts(vec![(0, 1), (4, 1), (9, 3)]));
+        let mut b = a.clone();
+        b.negate();
+        a.plus_equals(&b);
+        assert!(a.is_zero());
+        assert_eq!(c(&[(2, 1)]).multiply(&-3), Counts(vec![(2, -3)]));
+        assert!(c(&[(2, 1)]).multiply(&0).is_zero());
+        assert!(Counts::one(5, 0).is_zero());
+        assert_eq!(c(&[(3, 1), (3, 1)]).get(3), 2);
+    }
+}
