@@ -25,8 +25,9 @@
 //!   with a capability until the frontier has passed their time), so the
 //!   output does not depend on batching or on the number of workers;
 //! - memory: per key with a non-zero total, its `Counts` (16 bytes per
-//!   non-zero slot) in a hash map; a key whose totals all return to zero is
-//!   removed. Plus the updates of times the frontier has not passed yet.
+//!   non-zero slot, exactly sized) in a hash map; a key whose totals all
+//!   return to zero is removed. Plus the updates of times the frontier has
+//!   not passed yet.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -80,6 +81,9 @@ impl Counts {
             }
             Err(i) => {
                 if n != 0 {
+                    // Rows live long and gain a slot at a time: exactly
+                    // sized, not at a doubled capacity.
+                    self.0.reserve_exact(1);
                     self.0.insert(i, (slot, n));
                 }
                 (0, n)
