@@ -738,8 +738,7 @@ where
         aggs: &[Aggregate],
     ) -> Self {
         let keyed = contributions.map(|(i, (p, c, e))| (p, (i, c, e)));
-        let windowed = Self::window(keyed, aggs).map(|(p, (i, c))| (i, (p, c)));
-        Self::from_windowed(windowed, aggs)
+        Self::from_windowed(Self::window(keyed, aggs), aggs)
     }
 
     /// Drops, for an insert-only input (a job without regulations: no event
@@ -877,28 +876,18 @@ where
     }
 
     /// Arranges and reduces each aggregate of `aggs` from windowed
-    /// contributions `(aggregate index, (profile, contribution))`.
+    /// contributions `(profile, (aggregate index, contribution))`.
     ///
     /// The `count` aggregates are one record per profile whatever their
-    /// number: each contribution becomes the profile with a one-slot
-    /// [`Counts`] difference (the slot is the aggregate's index), and
-    /// [`SlotTotals::slot_totals`] accumulates them to every count's value,
-    /// arranged per aggregate. The other aggregates are arranged and reduced
-    /// one by one ([`arrange_contributions`]).
+    /// number ([`split_counts`]), and [`SlotTotals::slot_totals`]
+    /// accumulates them to every count's value, arranged per aggregate. The
+    /// other aggregates are arranged and reduced one by one
+    /// ([`arrange_contributions`]).
     pub fn from_windowed(
-        contributions: VecCollection<'s, u64, (usize, (P, Contribution)), isize>,
+        contributions: VecCollection<'s, u64, (P, (usize, Contribution)), isize>,
         aggs: &[Aggregate],
     ) -> Self {
-        let counted = counted(aggs);
-        let slots = counted.clone();
-        let counts = contributions
-            .inner
-            .clone()
-            .flat_map(move |((i, (p, _c)), t, r)| {
-                slots[i].then(|| (p, t, Counts::one(i as u32, r as i64)))
-            })
-            .as_collection();
-        let others = contributions.filter(move |(i, _)| !counted[*i]);
+        let (counts, others) = split_counts(contributions, aggs);
         Self::assemble(counts, others, aggs)
     }
 
@@ -919,22 +908,14 @@ where
     where
         K: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
     {
-        let counted = counted(aggs);
-        let slots = counted.clone();
-        let counts = contributions
-            .inner
-            .clone()
-            .flat_map(move |((a, (i, _c)), t, r)| {
-                slots[i].then(|| (a, t, Counts::one(i as u32, r as i64)))
-            })
-            .as_collection()
+        let (counts, others) = split_counts(contributions, aggs);
+        let counts = counts
             .arrange_by_self_named("CountsByAnchor")
             .join_core(profile_of.clone(), |_a, (), p| Some(p.clone()));
-        let others = contributions
-            .filter(move |(_, (i, _))| !counted[*i])
+        let others = others
             .arrange_by_key_named("ContributionsByAnchor")
             .join_core(profile_of, |_a, (i, c), p| {
-                Some((*i, (p.clone(), c.clone())))
+                Some((p.clone(), (*i, c.clone())))
             });
         Self::assemble(counts, others, aggs)
     }
@@ -943,7 +924,7 @@ where
     /// with their counts as the difference), the others from `others`.
     fn assemble(
         counts: differential_dataflow::Collection<'s, u64, Vec<(P, u64, Counts)>>,
-        others: VecCollection<'s, u64, (usize, (P, Contribution)), isize>,
+        others: VecCollection<'s, u64, (P, (usize, Contribution)), isize>,
         aggs: &[Aggregate],
     ) -> Self {
         use timely::dataflow::operators::vec::Partition as _;
@@ -957,7 +938,7 @@ where
             .into_iter();
         let mut contributions = others
             .inner
-            .partition(n, |((i, d), t, r)| (i as u64, (d, t, r)))
+            .partition(n, |((p, (i, c)), t, r)| (i as u64, ((p, c), t, r)))
             .into_iter();
         let entries = aggs
             .iter()
@@ -989,9 +970,29 @@ where
     }
 }
 
-/// Which of `aggs` are `count`s (computed as [`Counts`] differences).
-fn counted(aggs: &[Aggregate]) -> std::sync::Arc<Vec<bool>> {
-    std::sync::Arc::new(aggs.iter().map(|a| a.func == AggFunc::Count).collect())
+/// Splits contributions keyed by anything (a profile or an anchor) into
+/// the `count`s', each the key with a one-slot [`Counts`] difference (the
+/// slot is the aggregate's index), and the other aggregates'.
+#[allow(clippy::type_complexity)]
+fn split_counts<'s, K: timely::ExchangeData + Clone>(
+    contributions: VecCollection<'s, u64, (K, (usize, Contribution)), isize>,
+    aggs: &[Aggregate],
+) -> (
+    differential_dataflow::Collection<'s, u64, Vec<(K, u64, Counts)>>,
+    VecCollection<'s, u64, (K, (usize, Contribution)), isize>,
+) {
+    let counted: std::rc::Rc<Vec<bool>> =
+        std::rc::Rc::new(aggs.iter().map(|a| a.func == AggFunc::Count).collect());
+    let slots = counted.clone();
+    let counts = contributions
+        .inner
+        .clone()
+        .flat_map(move |((k, (i, _c)), t, r)| {
+            slots[i].then(|| (k, t, Counts::one(i as u32, r as i64)))
+        })
+        .as_collection();
+    let others = contributions.filter(move |(_, (i, _))| !counted[*i]);
+    (counts, others)
 }
 
 /// The collections an audience compilation reads.

@@ -104,47 +104,12 @@ impl IsZero for Counts {
 }
 
 impl Semigroup for Counts {
+    /// Slot by slot, in place: a row holds at most one slot per count
+    /// aggregate of a job (tens), and most differences have one.
     fn plus_equals(&mut self, rhs: &Self) {
-        if rhs.0.is_empty() {
-            return;
-        }
-        // A single slot (the common case): in place.
-        if let [(slot, n)] = rhs.0[..] {
+        for &(slot, n) in &rhs.0 {
             self.add(slot, n);
-            return;
         }
-        let mut merged = Vec::with_capacity(self.0.len() + rhs.0.len());
-        let (mut a, mut b) = (self.0.iter().peekable(), rhs.0.iter().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(&&(sa, na)), Some(&&(sb, nb))) => {
-                    if sa < sb {
-                        a.next();
-                        (sa, na)
-                    } else if sb < sa {
-                        b.next();
-                        (sb, nb)
-                    } else {
-                        a.next();
-                        b.next();
-                        (sa, na + nb)
-                    }
-                }
-                (Some(&&x), None) => {
-                    a.next();
-                    x
-                }
-                (None, Some(&&x)) => {
-                    b.next();
-                    x
-                }
-                (None, None) => break,
-            };
-            if next.1 != 0 {
-                merged.push(next);
-            }
-        }
-        self.0 = merged;
     }
 }
 
