@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use timely::dataflow::operators::vec::Map as _;
 
-use weft_operators::counters::{Counts, SlotTotals};
+use weft_operators::counters::{Counts, RowTotals, SlotChanges};
 use weft_operators::future::{HoldConfig, HoldFuture};
 
 use crate::event::{write_json_string, Event, Field};
@@ -711,7 +711,7 @@ impl Picked {
 /// to that aggregate's arrangement and reduce; equal aggregates (of any
 /// definitions) are one.
 pub struct SharedAggregates<'s, P: timely::ExchangeData + Ord + Clone + 'static> {
-    entries: Vec<(Aggregate, Arranged<'s, ValuesTrace<P>>)>,
+    entries: Vec<(Aggregate, AggregateValues<'s, P>)>,
 }
 
 impl<'s, P> SharedAggregates<'s, P>
@@ -920,8 +920,13 @@ where
         Self::assemble(counts, others, aggs)
     }
 
-    /// Every aggregate's arrangement: the `count`s from `counts` (profiles
-    /// with their counts as the difference), the others from `others`.
+    /// Every aggregate's values: the `count`s from `counts` (profiles with
+    /// their counts as the difference), the others from `others`.
+    ///
+    /// The `count`s are one row per profile ([`RowTotals::row_totals`]),
+    /// arranged once ("CountRows") for every consumer that joins or exports
+    /// them; each `count`'s own changes come from the rows
+    /// ([`SlotChanges::slot_changes`]), never arranged per aggregate.
     fn assemble(
         counts: differential_dataflow::Collection<'s, u64, Vec<(P, u64, Counts)>>,
         others: VecCollection<'s, u64, (P, (usize, Contribution)), isize>,
@@ -929,8 +934,11 @@ where
     ) -> Self {
         use timely::dataflow::operators::vec::Partition as _;
         let n = aggs.len() as u64;
-        let mut totals = counts
-            .slot_totals("Counts")
+        let rows = counts.row_totals("CountRows");
+        let arranged_rows: Arranged<'s, RowsTrace<P>> =
+            rows.clone().arrange_by_key_named("CountRows");
+        let mut totals = rows
+            .slot_changes("CountSlots")
             .inner
             .partition(n, |((i, (p, total)), t, r)| {
                 (i as u64, ((p, AggValue::Num(total as f64)), t, r))
@@ -942,31 +950,129 @@ where
             .into_iter();
         let entries = aggs
             .iter()
-            .map(|agg| {
+            .enumerate()
+            .map(|(i, agg)| {
                 let (values, part) = (totals.next(), contributions.next());
-                let arranged = if agg.func == AggFunc::Count {
-                    values
-                        .expect("one part per aggregate")
-                        .as_collection()
-                        .arrange_by_key_named("Aggregate")
+                let values = if agg.func == AggFunc::Count {
+                    AggregateValues::Slot {
+                        rows: arranged_rows.clone(),
+                        slot: i as u32,
+                        values: values.expect("one part per aggregate").as_collection(),
+                    }
                 } else {
-                    arrange_contributions(
+                    AggregateValues::Arranged(arrange_contributions(
                         part.expect("one part per aggregate").as_collection(),
                         agg.func,
-                    )
+                    ))
                 };
-                (agg.clone(), arranged)
+                (agg.clone(), values)
             })
             .collect();
         SharedAggregates { entries }
     }
 
-    /// The arranged values of `agg`, if it is one of these.
-    pub fn get(&self, agg: &Aggregate) -> Option<Arranged<'s, ValuesTrace<P>>> {
+    /// The values of `agg`, if it is one of these.
+    pub fn get(&self, agg: &Aggregate) -> Option<AggregateValues<'s, P>> {
         self.entries
             .iter()
             .find(|(a, _)| a == agg)
-            .map(|(_, arranged)| arranged.clone())
+            .map(|(_, values)| values.clone())
+    }
+}
+
+/// An aggregate's (or computed trait's) values, as compiled.
+#[derive(Clone)]
+pub enum AggregateValues<'s, P: timely::ExchangeData + Ord + Clone + 'static> {
+    /// Arranged by profile (the reduce's own output arrangement).
+    Arranged(Arranged<'s, ValuesTrace<P>>),
+    /// One slot of a job's count rows (see [`SharedAggregates`]): the
+    /// profile's value is its row's count in `slot`, and `values` are
+    /// exactly that value's changes.
+    Slot {
+        /// Every profile with a non-zero count, with its row.
+        rows: Arranged<'s, RowsTrace<P>>,
+        /// This aggregate's slot in the rows.
+        slot: u32,
+        /// `(profile, count)` for every profile whose count is not zero.
+        values: TraitValues<'s, P>,
+    },
+}
+
+impl<'s, P> AggregateValues<'s, P>
+where
+    P: timely::ExchangeData + Ord + Clone + std::fmt::Debug + 'static,
+{
+    /// `(profile, value)`.
+    pub fn values(&self) -> TraitValues<'s, P> {
+        match self {
+            AggregateValues::Arranged(a) => a.clone().as_collection(|p, v| (p.clone(), v.clone())),
+            AggregateValues::Slot { values, .. } => values.clone(),
+        }
+    }
+
+    /// The trace to export to other dataflows (runtime definitions).
+    pub fn export(&self) -> ExportedValues<P> {
+        match self {
+            AggregateValues::Arranged(a) => ExportedValues::Arranged(a.trace.clone()),
+            AggregateValues::Slot { rows, slot, .. } => {
+                ExportedValues::Slot(rows.trace.clone(), *slot)
+            }
+        }
+    }
+}
+
+/// A computed trait's values, exported from the dataflow that computes
+/// them: its own arrangement by profile, or one slot of the count rows.
+#[derive(Clone)]
+pub enum ExportedValues<P: timely::ExchangeData + Ord + Clone + 'static> {
+    /// Arranged by profile.
+    Arranged(ValuesTrace<P>),
+    /// The count rows, and the trait's slot in them.
+    Slot(RowsTrace<P>, u32),
+}
+
+impl<P> ExportedValues<P>
+where
+    P: timely::ExchangeData + Ord + Clone + std::fmt::Debug + 'static,
+{
+    /// `(profile, value)` in another dataflow. From the rows, a profile's
+    /// change of any count retracts and inserts this slot's value too: the
+    /// two cancel wherever the values are consolidated (every audience
+    /// arranges them).
+    pub fn import<'s>(
+        &mut self,
+        scope: timely::dataflow::Scope<'s, u64>,
+        name: &str,
+    ) -> TraitValues<'s, P> {
+        match self {
+            ExportedValues::Arranged(t) => {
+                let (arr, _) = t.import_frontier(scope, name);
+                arr.as_collection(|p, v| (p.clone(), v.clone()))
+            }
+            ExportedValues::Slot(t, slot) => {
+                let slot = *slot;
+                let (arr, _) = t.import_frontier(scope, name);
+                arr.flat_map_ref(move |p, row| {
+                    let n = row.get(slot);
+                    (n != 0).then(|| (p.clone(), AggValue::Num(n as f64)))
+                })
+            }
+        }
+    }
+
+    /// Allows the trace to forget distinctions between times before `frontier`.
+    pub fn compact_to(&mut self, frontier: timely::progress::frontier::AntichainRef<'_, u64>) {
+        use differential_dataflow::trace::TraceReader as _;
+        match self {
+            ExportedValues::Arranged(t) => {
+                t.set_logical_compaction(frontier);
+                t.set_physical_compaction(frontier);
+            }
+            ExportedValues::Slot(t, _) => {
+                t.set_logical_compaction(frontier);
+                t.set_physical_compaction(frontier);
+            }
+        }
     }
 }
 
@@ -1020,6 +1126,9 @@ type LeafValues<'s, P> = VecCollection<'s, u64, (P, (usize, AggValue)), isize>;
 /// A computed trait's values, arranged by profile (the reduce's own output
 /// arrangement: exporting it costs no extra copy).
 pub type ValuesTrace<P> = TraceAgent<ValSpine<P, AggValue, u64, isize>>;
+/// A job's count rows by profile: every non-zero count of a profile, by
+/// slot (the aggregate's index), in one record.
+pub type RowsTrace<P> = TraceAgent<ValSpine<P, Counts, u64, isize>>;
 /// An audience's members, arranged (the reduce's own output arrangement).
 pub type MembersTrace<P> = TraceAgent<KeySpine<P, u64, isize>>;
 
@@ -1031,23 +1140,26 @@ pub fn compile_aggregate<'s, P>(
 where
     P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
 {
-    arrange_aggregate(inputs, agg).as_collection(|p, v| (p.clone(), v.clone()))
+    arrange_aggregate(inputs, agg).values()
 }
 
-/// [`compile_aggregate`], returning the arrangement of the values by profile,
-/// whose trace can be exported to other dataflows (runtime audiences import
-/// the computed traits they refer to).
+/// [`compile_aggregate`], returning the values arranged (by profile, or as
+/// a slot of the job's count rows), whose trace can be exported to other
+/// dataflows (runtime audiences import the computed traits they refer to).
 pub fn arrange_aggregate<'s, P>(
     inputs: &ProfileInputs<'s, P>,
     agg: &Aggregate,
-) -> Arranged<'s, ValuesTrace<P>>
+) -> AggregateValues<'s, P>
 where
     P: timely::ExchangeData + Ord + Hash + Clone + std::fmt::Debug,
 {
     if let Some(found) = inputs.shared.as_ref().and_then(|s| s.get(agg)) {
         return found;
     }
-    arrange_contributions(windowed_contributions(inputs.events.clone(), agg), agg.func)
+    AggregateValues::Arranged(arrange_contributions(
+        windowed_contributions(inputs.events.clone(), agg),
+        agg.func,
+    ))
 }
 
 /// Arranges an aggregate's (windowed) contributions by profile and reduces

@@ -1309,6 +1309,36 @@ impl<'s> IdentityOutputs<'s> {
         )
     }
 
+    /// The computed traits that are slots of a job's count rows, readable
+    /// (as [`IdentityOutputs::trait_value_records`]): `names` are the trait
+    /// names of each slot. One join of the rows with the identifiers for all
+    /// of them, and per named identifier only the slots whose count changed
+    /// ([`weft_operators::counters::SlotChanges::slot_changes`]).
+    pub fn slot_value_records(
+        &self,
+        rows: &Arranged<'s, crate::audience::RowsTrace<ProfileId>>,
+        names: BTreeMap<u32, Vec<String>>,
+    ) -> VecCollection<'s, u64, crate::audience::TraitValue, isize> {
+        use weft_operators::counters::SlotChanges as _;
+        rows.clone()
+            .join_core(self.identifiers.clone(), |_p, row, ident: &Identifier| {
+                Some((format!("{}:{}", ident.kind, ident.value), row.clone()))
+            })
+            .slot_changes("IdentityNameCountSlots")
+            .flat_map(move |(slot, (profile, total))| {
+                names
+                    .get(&slot)
+                    .into_iter()
+                    .flatten()
+                    .map(|name| crate::audience::TraitValue {
+                        name: name.clone(),
+                        profile: profile.clone(),
+                        value: crate::audience::AggValue::Num(total as f64),
+                    })
+                    .collect::<Vec<_>>()
+            })
+    }
+
     /// Account traits, readable (`profile` is the account's `group_id`).
     pub fn account_trait_records(&self) -> VecCollection<'s, u64, TraitRecord, isize> {
         let keyed = self

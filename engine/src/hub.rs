@@ -78,7 +78,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 use timely::progress::frontier::AntichainRef;
 use timely::scheduling::Activator;
-use weft_dataflows::audience::{AggValue, MembersTrace, ValuesTrace};
+use weft_dataflows::audience::{AggValue, ExportedValues, MembersTrace};
 use weft_dataflows::identity::{HashTrace, ProfileId};
 use weft_dataflows::stored::StoredEvent;
 
@@ -128,7 +128,7 @@ pub struct Exports {
     /// Every profile.
     pub profiles: ProfilesTrace,
     /// Computed traits (spec and runtime), by name.
-    pub values: BTreeMap<String, ValuesTrace<ProfileId>>,
+    pub values: BTreeMap<String, ExportedValues<ProfileId>>,
     /// Audiences (spec and runtime), by name.
     pub members: BTreeMap<String, MembersTrace<ProfileId>>,
     compacted: Option<u64>,
@@ -169,7 +169,7 @@ impl Exports {
         both(&mut self.profile_of, f);
         both(&mut self.traits, f);
         both(&mut self.profiles, f);
-        self.values.values_mut().for_each(|t| both(t, f));
+        self.values.values_mut().for_each(|t| t.compact_to(f));
         self.members.values_mut().for_each(|t| both(t, f));
     }
 

@@ -45,7 +45,7 @@ use weft_connectors::warehouse::{WarehouseConfig, WarehouseRecord, WarehouseSink
 use weft_connectors::webhook::{WebhookConfig, WebhookSink, WebhookStats};
 use weft_dataflows::audience::{
     arrange_aggregate, arrange_audience, condition_aggregates, event_contributions, AggValue,
-    Members, Membership, ProfileInputs, SharedAggregates, TraitValue, TraitValues,
+    AggregateValues, Members, Membership, ProfileInputs, SharedAggregates, TraitValue, TraitValues,
 };
 use weft_dataflows::chain::{anchor_heads, expand_chains};
 use weft_dataflows::event::Event;
@@ -240,11 +240,9 @@ fn build_profiles<'s>(
     for t in &spec.traits {
         let agg = parse_computed_trait(&t.query).map_err(|e| format!("trait {}: {e}", t.name))?;
         let arranged = arrange_aggregate(&inputs, &agg);
-        exports
-            .values
-            .insert(t.name.clone(), arranged.trace.clone());
-        spec_values.push((t.name.clone(), arranged.clone()));
-        let values = arranged.as_collection(|p, v| (*p, v.clone()));
+        exports.values.insert(t.name.clone(), arranged.export());
+        let values = arranged.values();
+        spec_values.push((t.name.clone(), arranged));
         let name = t.name.clone();
         computed_out.push(values.clone().map(move |(p, v)| (p, (name.clone(), v))));
         computed.insert(t.name.clone(), values);
@@ -309,10 +307,23 @@ fn build_profiles<'s>(
         differential_dataflow::collection::concatenate(scope, named)
     });
     let computed_records = built_if(read(OutputName::ComputedTraits), scope, || {
-        let mut named: Vec<_> = spec_values
-            .iter()
-            .map(|(name, arranged)| ids.trait_value_records(name, arranged))
-            .collect();
+        // The counts are slots of one arrangement of rows: named together.
+        let (mut named, mut slots, mut rows) = (Vec::new(), BTreeMap::new(), None);
+        for (name, values) in &spec_values {
+            match values {
+                AggregateValues::Arranged(a) => named.push(ids.trait_value_records(name, a)),
+                AggregateValues::Slot { rows: r, slot, .. } => {
+                    slots
+                        .entry(*slot)
+                        .or_insert_with(Vec::new)
+                        .push(name.clone());
+                    rows = Some(r.clone());
+                }
+            }
+        }
+        if let Some(rows) = rows {
+            named.push(ids.slot_value_records(&rows, slots));
+        }
         named.push(ids.computed_records(runtime_values));
         differential_dataflow::collection::concatenate(scope, named)
     });

@@ -47,8 +47,8 @@ use timely::dataflow::operators::generic::OperatorInfo;
 use timely::dataflow::Scope;
 use timely::worker::Worker;
 use weft_dataflows::audience::{
-    arrange_aggregate, arrange_audience, AggValue, Members, MembersTrace, ProfileInputs,
-    TraitValues, ValuesTrace,
+    arrange_aggregate, arrange_audience, AggValue, ExportedValues, Members, MembersTrace,
+    ProfileInputs, TraitValues,
 };
 use weft_dataflows::chain::expand_chains;
 use weft_dataflows::identity::{HashTrace, ProfileId};
@@ -405,13 +405,13 @@ struct Imports {
     profile_of: HashTrace<ProfileId>,
     traits: HashTrace<(Box<str>, Box<str>)>,
     profiles: ProfilesTrace,
-    values: BTreeMap<String, ValuesTrace<ProfileId>>,
+    values: BTreeMap<String, ExportedValues<ProfileId>>,
     members: BTreeMap<String, MembersTrace<ProfileId>>,
 }
 
 /// What a definition's dataflow exports.
 enum Output {
-    Values(ValuesTrace<ProfileId>),
+    Values(ExportedValues<ProfileId>),
     Members(MembersTrace<ProfileId>),
 }
 
@@ -441,7 +441,11 @@ impl Imports {
                 let t = exports.and_then(|e| e.values.get(&n).cloned());
                 (
                     n,
-                    t.unwrap_or_else(empty_trace::<ValSpine<ProfileId, AggValue, u64, isize>>),
+                    t.unwrap_or_else(|| {
+                        ExportedValues::Arranged(empty_trace::<
+                            ValSpine<ProfileId, AggValue, u64, isize>,
+                        >())
+                    }),
                 )
             })
             .collect();
@@ -563,10 +567,7 @@ fn build_definition<'s>(
     let computed: BTreeMap<String, TraitValues<'s, ProfileId>> = imports
         .values
         .iter_mut()
-        .map(|(n, t)| {
-            let (arr, _) = t.import_frontier(scope, &format!("Import:{n}"));
-            (n.clone(), arr.as_collection(|p, v| (*p, v.clone())))
-        })
+        .map(|(n, t)| (n.clone(), t.import(scope, &format!("Import:{n}"))))
         .collect();
     let audiences: BTreeMap<String, Members<'s, ProfileId>> = imports
         .members
@@ -578,9 +579,8 @@ fn build_definition<'s>(
         .collect();
     let (rows, output): (VecCollection<'s, u64, Row, isize>, Output) = match parsed {
         Parsed::Trait(agg) => {
-            let arr = arrange_aggregate(&inputs, agg);
-            let rows = arr.clone().as_collection(|p, v| (*p, v.clone()));
-            (rows, Output::Values(arr.trace))
+            let values = arrange_aggregate(&inputs, agg);
+            (values.values(), Output::Values(values.export()))
         }
         Parsed::Audience(cond) => match arrange_audience(&inputs, cond, &computed, &audiences) {
             Ok(arr) => {

@@ -13,21 +13,29 @@
 //! the same way, with arrays of accumulators as the difference.
 //!
 //! ```text
-//!  k with Counts {s: +1} at t ──► [ exchange by k ] ──► totals(k) += diff ──► (s, (k, old)) -1, (s, (k, new)) +1 at t
+//!  k with Counts {s: +1} at t ──► [ exchange by k ] ──► row(k) += diff ──► (k, old row) -1, (k, new row) +1 at t
+//!                                      row_totals                                 │
+//!                          (arrange: one record per key) ◄────────────────────────┤
+//!                                                       slot_changes ─► (s, (k, old)) -1, (s, (k, new)) +1 at t
 //! ```
 //!
-//! [`SlotTotals::slot_totals`] turns such a collection back into ordinary
-//! records, `(slot, (key, total))` for every key and slot whose total is not
-//! zero, with `isize` diffs. Invariants:
-//! - the output at every time is exactly that set: the same as a `reduce`
-//!   per slot that sums its input's multiplicities (retractions included);
+//! [`RowTotals::row_totals`] turns such a collection into ordinary records,
+//! `(key, row)` for every key whose counts are not all zero, the row being
+//! the key's accumulated `Counts`: arranged, one record per key holds every
+//! count of the key, for consumers that join or export them.
+//! [`SlotChanges::slot_changes`] spreads rows back into `(slot, (key,
+//! total))` records, per key and time only the slots whose total changed;
+//! [`SlotTotals::slot_totals`] is the two in a row. Invariants:
+//! - the output at every time is exactly the set of non-zero totals: the
+//!   same as a `reduce` per slot that sums its input's multiplicities
+//!   (retractions included);
 //! - updates are applied one completed time at a time, in time order (held
 //!   with a capability until the frontier has passed their time), so the
 //!   output does not depend on batching or on the number of workers;
-//! - memory: per key with a non-zero total, its `Counts` (16 bytes per
-//!   non-zero slot, exactly sized) in a hash map; a key whose totals all
-//!   return to zero is removed. Plus the updates of times the frontier has
-//!   not passed yet.
+//! - memory: `row_totals` keeps per key with a non-zero total its `Counts`
+//!   (16 bytes per non-zero slot, exactly sized) in a hash map, and removes
+//!   a key whose totals all return to zero; `slot_changes` keeps nothing.
+//!   Both hold the updates of times the frontier has not passed yet.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -140,10 +148,112 @@ impl Multiply<isize> for Counts {
     }
 }
 
+/// Adds [`RowTotals::row_totals`] to collections of keys with [`Counts`] diffs.
+pub trait RowTotals<'scope, K> {
+    /// `(key, row)` for every key whose accumulated counts are not all zero:
+    /// the row is the key's accumulated [`Counts`] (its non-zero totals by
+    /// slot), as a record with an `isize` diff. A key's change at a time is
+    /// its old row retracted and its new one inserted, both at that time and
+    /// on the key's worker; arranged by key, the rows hold one record per
+    /// key whatever the number of slots.
+    fn row_totals(self, name: &str) -> VecCollection<'scope, u64, (K, Counts), isize>;
+}
+
+impl<'scope, K> RowTotals<'scope, K> for Collection<'scope, u64, Vec<(K, u64, Counts)>>
+where
+    K: ExchangeData + Clone + Hash + Eq + Ord,
+{
+    fn row_totals(self, name: &str) -> VecCollection<'scope, u64, (K, Counts), isize> {
+        let mut totals: HashMap<K, Counts> = HashMap::new();
+        let mut pending: TimeStash<K, Counts> = TimeStash::default();
+        let by_key = Exchange::new(|(k, _t, _r): &(K, u64, Counts)| k.hashed());
+        self.inner
+            .unary_frontier::<CapacityContainerBuilder<Vec<((K, Counts), u64, isize)>>, _, _, _>(
+                by_key,
+                name,
+                move |_, _| {
+                    move |(input, frontier), output| {
+                        input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
+                        // Apply every time the frontier has passed, in order.
+                        while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
+                            consolidate(&mut updates);
+                            let mut session = output.session(&cap);
+                            for (k, delta) in updates {
+                                let row = totals.entry(k.clone()).or_default();
+                                if !row.is_zero() {
+                                    session.give(((k.clone(), row.clone()), time, -1));
+                                }
+                                row.plus_equals(&delta);
+                                if row.is_zero() {
+                                    totals.remove(&k);
+                                } else {
+                                    session.give(((k, row.clone()), time, 1));
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+            .as_collection()
+    }
+}
+
+/// Adds [`SlotChanges::slot_changes`] to collections of rows.
+pub trait SlotChanges<'scope, K> {
+    /// The changes of `(slot, (key, total))` records that a collection of
+    /// `(key, row)` records amounts to: at each time, a key's rows (each
+    /// with its diff) are spread into their slots' totals and consolidated,
+    /// so a slot whose total did not change between a key's old and new row
+    /// has no change at all. Stateless but for the updates of times the
+    /// frontier has not passed yet (a key's old and new row may arrive apart).
+    fn slot_changes(self, name: &str) -> VecCollection<'scope, u64, (u32, (K, i64)), isize>;
+}
+
+impl<'scope, K> SlotChanges<'scope, K> for VecCollection<'scope, u64, (K, Counts), isize>
+where
+    K: ExchangeData + Clone + Hash + Eq + Ord,
+{
+    fn slot_changes(self, name: &str) -> VecCollection<'scope, u64, (u32, (K, i64)), isize> {
+        let mut pending: TimeStash<(K, Counts)> = TimeStash::default();
+        let by_key = Exchange::new(|((k, _), _t, _r): &((K, Counts), u64, isize)| k.hashed());
+        self.inner
+            .unary_frontier::<CapacityContainerBuilder<Vec<((u32, (K, i64)), u64, isize)>>, _, _, _>(
+                by_key,
+                name,
+                move |_, _| {
+                    let mut slots: Vec<((u32, i64), isize)> = Vec::new();
+                    move |(input, frontier), output| {
+                        input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
+                        while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
+                            consolidate(&mut updates); // sorted by key
+                            let mut session = output.session(&cap);
+                            let mut rest = &updates[..];
+                            while let Some(((k, _), _)) = rest.first() {
+                                let n = rest.iter().take_while(|((k2, _), _)| k2 == k).count();
+                                let (group, tail) = rest.split_at(n);
+                                slots.clear();
+                                for ((_, row), r) in group {
+                                    slots.extend(row.iter().map(|s| (s, *r)));
+                                }
+                                consolidate(&mut slots);
+                                for &((slot, total), r) in &slots {
+                                    session.give(((slot, (k.clone(), total)), time, r));
+                                }
+                                rest = tail;
+                            }
+                        }
+                    }
+                },
+            )
+            .as_collection()
+    }
+}
+
 /// Adds [`SlotTotals::slot_totals`] to collections of keys with [`Counts`] diffs.
 pub trait SlotTotals<'scope, K> {
     /// `(slot, (key, total))` for every key and slot whose accumulated count
-    /// is not zero (see the module docs).
+    /// is not zero (see the module docs): [`RowTotals::row_totals`], then
+    /// [`SlotChanges::slot_changes`].
     ///
     /// ```
     /// use differential_dataflow::input::Input;
@@ -176,40 +286,7 @@ where
     K: ExchangeData + Clone + Hash + Eq + Ord,
 {
     fn slot_totals(self, name: &str) -> VecCollection<'scope, u64, (u32, (K, i64)), isize> {
-        let mut totals: HashMap<K, Counts> = HashMap::new();
-        let mut pending: TimeStash<K, Counts> = TimeStash::default();
-        let by_key = Exchange::new(|(k, _t, _r): &(K, u64, Counts)| k.hashed());
-        self.inner
-            .unary_frontier::<CapacityContainerBuilder<Vec<((u32, (K, i64)), u64, isize)>>, _, _, _>(
-                by_key,
-                name,
-                move |_, _| {
-                    move |(input, frontier), output| {
-                        input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
-                        // Apply every time the frontier has passed, in order.
-                        while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
-                            consolidate(&mut updates);
-                            let mut session = output.session(&cap);
-                            for (k, delta) in updates {
-                                let row = totals.entry(k.clone()).or_default();
-                                for (slot, n) in delta.iter() {
-                                    let (was, now) = row.add(slot, n);
-                                    if was != 0 {
-                                        session.give(((slot, (k.clone(), was)), time, -1));
-                                    }
-                                    if now != 0 {
-                                        session.give(((slot, (k.clone(), now)), time, 1));
-                                    }
-                                }
-                                if row.is_zero() {
-                                    totals.remove(&k);
-                                }
-                            }
-                        }
-                    }
-                },
-            )
-            .as_collection()
+        self.row_totals(name).slot_changes(name)
     }
 }
 

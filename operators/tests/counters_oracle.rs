@@ -5,6 +5,10 @@
 //! changes over time (so counts move between groups, as a profile merge or
 //! split moves an anchor's counts). The accumulated output at every time
 //! equals a naive recomputation of every non-zero total, at 1 and 3 workers.
+//! Third, as a job names its count rows: `row_totals` arranged, joined with a
+//! changing one-to-many `key → tag` mapping and spread back into slots
+//! (`slot_changes`), which must give every current tag of a key the key's
+//! totals.
 
 mod common;
 
@@ -16,7 +20,7 @@ use differential_dataflow::AsCollection;
 use rand::{Rng, SeedableRng};
 use timely::dataflow::operators::vec::Map as _;
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
-use weft_operators::counters::{Counts, SlotTotals};
+use weft_operators::counters::{Counts, RowTotals, SlotChanges, SlotTotals};
 
 const ROUNDS: usize = 20;
 
@@ -50,11 +54,19 @@ fn rounds(seed: u64) -> Vec<Round> {
 
 type Totals = BTreeMap<(u32, u8), i64>;
 
-/// After each round: the non-zero totals per `(slot, key)`, and per
-/// `(slot, group)` (a key without a group yet counts nowhere).
-fn naive(rounds: &[Round]) -> Vec<(Totals, Totals)> {
+/// The name of `key`'s tag `tag` (a key has any number of tags; a move
+/// `(key, g)` toggles its tag `g`).
+fn tagged(key: u8, tag: u8) -> u8 {
+    key * 4 + tag
+}
+
+/// After each round: the non-zero totals per `(slot, key)`, per
+/// `(slot, group)` (a key without a group yet counts nowhere), and per
+/// `(slot, tagged(key, tag))` for every current tag of the key.
+fn naive(rounds: &[Round]) -> Vec<(Totals, Totals, Totals)> {
     let mut by_key: BTreeMap<(u32, u8), i64> = BTreeMap::new();
     let mut group: BTreeMap<u8, u8> = BTreeMap::new();
+    let mut tags: std::collections::BTreeSet<(u8, u8)> = Default::default();
     rounds
         .iter()
         .map(|r| {
@@ -63,6 +75,9 @@ fn naive(rounds: &[Round]) -> Vec<(Totals, Totals)> {
             }
             for &(k, g) in &r.moves {
                 group.insert(k, g);
+                if !tags.remove(&(k, g)) {
+                    tags.insert((k, g));
+                }
             }
             by_key.retain(|_, n| *n != 0);
             let mut by_group: Totals = BTreeMap::new();
@@ -72,7 +87,13 @@ fn naive(rounds: &[Round]) -> Vec<(Totals, Totals)> {
                 }
             }
             by_group.retain(|_, n| *n != 0);
-            (by_key.clone(), by_group)
+            let mut by_tag: Totals = BTreeMap::new();
+            for (&(s, k), &n) in &by_key {
+                for &(_, g) in tags.range((k, 0)..=(k, u8::MAX)) {
+                    by_tag.insert((s, tagged(k, g)), n);
+                }
+            }
+            (by_key.clone(), by_group, by_tag)
         })
         .collect()
 }
@@ -87,21 +108,19 @@ fn sink(changes: Changes) -> impl FnMut(SinkEvent<'_, u64, (u32, (u8, i64)), isi
     }
 }
 
-fn run(
-    seed: u64,
-    workers: usize,
-) -> (
-    BTreeMap<u64, Vec<((u32, (u8, i64)), isize)>>,
-    BTreeMap<u64, Vec<((u32, (u8, i64)), isize)>>,
-) {
+type Outputs = BTreeMap<u64, Vec<((u32, (u8, i64)), isize)>>;
+
+fn run(seed: u64, workers: usize) -> (Outputs, Outputs, Outputs) {
     let all = Arc::new(rounds(seed));
-    let (direct, joined): (Changes, Changes) = (Arc::default(), Arc::default());
-    let (d, j) = (direct.clone(), joined.clone());
+    let (direct, joined, named): (Changes, Changes, Changes) =
+        (Arc::default(), Arc::default(), Arc::default());
+    let (d, j, n) = (direct.clone(), joined.clone(), named.clone());
     timely::execute(timely::Config::process(workers), move |worker| {
-        let (d, j) = (d.clone(), j.clone());
-        let (mut counts, mut groups) = worker.dataflow::<u64, _, _>(|scope| {
+        let (d, j, n) = (d.clone(), j.clone(), n.clone());
+        let (mut counts, mut groups, mut tags) = worker.dataflow::<u64, _, _>(|scope| {
             let (counts, keys) = scope.new_collection::<(u8, u32), isize>();
             let (groups, group_of) = scope.new_collection::<(u8, u8), isize>();
+            let (tags, tags_of) = scope.new_collection::<(u8, u8), isize>();
             // Each `(key, slot)` record becomes the key with a one-slot count.
             let keys = keys
                 .inner
@@ -112,18 +131,28 @@ fn run(
                 SinkTarget::Worker(0),
                 sink(d),
             );
-            keys.arrange_by_self()
+            keys.clone()
+                .arrange_by_self()
                 .join_core(group_of.arrange_by_key(), |_k, (), g| Some(*g))
                 .slot_totals("Joined")
                 .sink_by_time("Joined", SinkTarget::Worker(0), sink(j));
-            (counts, groups)
+            keys.row_totals("Rows")
+                .arrange_by_key()
+                .join_core(tags_of.arrange_by_key(), |k, row, g| {
+                    Some((tagged(*k, *g), row.clone()))
+                })
+                .slot_changes("Named")
+                .sink_by_time("Named", SinkTarget::Worker(0), sink(n));
+            (counts, groups, tags)
         });
         // Each worker applies its share of every round; worker 0 runs ahead
         // by a round so that times arrive out of order at a key's owner.
         let mut group: BTreeMap<u8, u8> = BTreeMap::new();
+        let mut tag: std::collections::BTreeSet<(u8, u8)> = Default::default();
         for (i, round) in all.iter().enumerate() {
             counts.advance_to(i as u64);
             groups.advance_to(i as u64);
+            tags.advance_to(i as u64);
             for (n, &(k, s, r)) in round.counts.iter().enumerate() {
                 if n % worker.peers() == worker.index() {
                     counts.update((k, s), r as isize);
@@ -136,8 +165,16 @@ fn run(
                         groups.remove((k, *old));
                     }
                     groups.insert((k, g));
+                    if tag.contains(&(k, g)) {
+                        tags.remove((k, g));
+                    } else {
+                        tags.insert((k, g));
+                    }
                 }
                 group.insert(k, g);
+                if !tag.remove(&(k, g)) {
+                    tag.insert((k, g));
+                }
             }
             if worker.index() != 0 {
                 worker.step();
@@ -145,12 +182,14 @@ fn run(
         }
         counts.close();
         groups.close();
+        tags.close();
         while worker.step() {}
     })
     .unwrap();
     let d = direct.lock().unwrap().clone();
     let j = joined.lock().unwrap().clone();
-    (d, j)
+    let n = named.lock().unwrap().clone();
+    (d, j, n)
 }
 
 /// The accumulated `(slot, key)` totals after each round.
@@ -175,10 +214,11 @@ fn accumulate(changes: &BTreeMap<u64, Vec<((u32, (u8, i64)), isize)>>, what: &st
 
 fn check(seed: u64, workers: usize) {
     let want = naive(&rounds(seed));
-    let (direct, joined) = run(seed, workers);
+    let (direct, joined, named) = run(seed, workers);
     let direct = accumulate(&direct, "direct");
     let joined = accumulate(&joined, "joined");
-    for (t, (by_key, by_group)) in want.iter().enumerate() {
+    let named = accumulate(&named, "named");
+    for (t, (by_key, by_group, by_tag)) in want.iter().enumerate() {
         assert_eq!(
             &direct[t], by_key,
             "seed {seed}, {workers} workers, time {t}: per key"
@@ -186,6 +226,10 @@ fn check(seed: u64, workers: usize) {
         assert_eq!(
             &joined[t], by_group,
             "seed {seed}, {workers} workers, time {t}: per group"
+        );
+        assert_eq!(
+            &named[t], by_tag,
+            "seed {seed}, {workers} workers, time {t}: per tag"
         );
     }
 }

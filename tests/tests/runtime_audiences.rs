@@ -238,6 +238,8 @@ fn scenario(brokers: &str, workers: usize) {
     add(json!({"name": "rt_x", "query": VIEWERS, "key": "rt_x_key"}));
     add(json!({"name": "rt_drop", "query": VIEWERS}));
     add(json!({"name": "rt_uses_x", "query": r#"audience("rt_x") and computed.rt_orders >= 0"#}));
+    // A spec count is a slot of the job's count rows: imported from them.
+    add(json!({"name": "rt_many_orders", "query": "computed.orders >= 2"}));
     assert_eq!(server.drop_definition(job, "rt_x").0, 409, "rt_x is used");
     assert_eq!(server.drop_definition(job, "rt_uses_x").0, 200);
 
@@ -262,9 +264,18 @@ fn scenario(brokers: &str, workers: usize) {
                         && a.contains("viewers") == a.contains("rt_x")
                         && a.contains("viewers") == a.contains("rt_drop")
                         && c.get("orders") == c.get("rt_orders")
+                        && a.contains("rt_many_orders")
+                            == c.get("orders")
+                                .and_then(Value::as_f64)
+                                .is_some_and(|n| n >= 2.0)
                 })
                 .then_some(())
         },
+    );
+
+    assert!(
+        !having(&server, job, &profiles, "rt_many_orders").is_empty(),
+        "some profile has two orders"
     );
 
     // STEP 4. Replace rt_x: viewers → pros.
@@ -288,6 +299,7 @@ fn scenario(brokers: &str, workers: usize) {
 
     // STEP 5. Drop an audience and the computed trait.
     assert_eq!(server.drop_definition(job, "rt_drop").0, 200);
+    assert_eq!(server.drop_definition(job, "rt_many_orders").0, 200);
     assert_eq!(server.drop_definition(job, "rt_orders").0, 200);
     wait_for(
         "rt_drop and rt_orders to go",
@@ -295,7 +307,11 @@ fn scenario(brokers: &str, workers: usize) {
         || {
             scan(&server, job, &profiles)
                 .iter()
-                .all(|(_, (a, c))| !a.contains("rt_drop") && c.get("rt_orders").is_none())
+                .all(|(_, (a, c))| {
+                    !a.contains("rt_drop")
+                        && !a.contains("rt_many_orders")
+                        && c.get("rt_orders").is_none()
+                })
                 .then_some(())
         },
     );
