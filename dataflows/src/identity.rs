@@ -136,7 +136,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::core::Partition;
 use weft_operators::clusters::ClusterReduce;
 use weft_operators::components::{ChangeKind, ComponentChange, ComponentChanges};
-use weft_operators::monotone::MonotoneMin;
+use weft_operators::monotone::{MonotoneFirst, MonotoneMin};
 
 use crate::event::{write_json_string, Event, EventType, Field};
 use crate::record::WriteJson;
@@ -746,7 +746,7 @@ fn build<'s>(
     // one value per hash, without arranging every observation.)
     let identifiers = if insert_only {
         names
-            .monotone_min("IdentityNamesFirst")
+            .monotone_first("IdentityNamesFirst")
             .arrange_by_key_named("IdentityNames")
     } else {
         names.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, Identifier, u64, isize>>(

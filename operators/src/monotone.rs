@@ -25,7 +25,7 @@
 //!   minimum it would have to reveal is gone. Callers choose this operator
 //!   only for inputs that cannot retract.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 use differential_dataflow::consolidation::consolidate;
@@ -106,6 +106,79 @@ where
                                         session.give(((k, v), time, 1));
                                     }
                                     Some(_) => {}
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+            .as_collection()
+    }
+}
+
+/// Adds [`MonotoneFirst::monotone_first`] to collections of `(key, value)`.
+pub trait MonotoneFirst<'scope, K, V> {
+    /// `(key, value)` for each key of an insert-only collection, the value
+    /// being the least of the key's first time; later values of the key are
+    /// dropped. For keys whose values are all equal (a hash and what it
+    /// hashes) this is [`MonotoneMin::monotone_min`] in a set of keys, not a
+    /// map: the value is never kept, only passed on (to an arrangement that
+    /// holds it anyway). Applied one completed time at a time, in time
+    /// order, as in the module docs; panics on a retraction.
+    ///
+    /// ```
+    /// use differential_dataflow::input::Input;
+    /// use weft_operators::monotone::MonotoneFirst;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// timely::execute_directly(move |worker| {
+    ///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
+    ///         let (input, coll) = scope.new_collection::<(char, i64), isize>();
+    ///         coll.monotone_first("First")
+    ///             .inspect(move |x| log.lock().unwrap().push(*x));
+    ///         input
+    ///     });
+    ///     input.insert(('a', 5));
+    ///     input.insert(('a', 4));
+    ///     input.advance_to(1);
+    ///     input.insert(('a', 3)); // a later time: dropped
+    /// });
+    /// assert_eq!(*seen.lock().unwrap(), vec![(('a', 4), 0, 1)]);
+    /// ```
+    fn monotone_first(self, name: &str) -> VecCollection<'scope, u64, (K, V), isize>;
+}
+
+impl<'scope, K, V> MonotoneFirst<'scope, K, V> for VecCollection<'scope, u64, (K, V), isize>
+where
+    K: ExchangeData + Clone + Hash + Eq + Ord,
+    V: ExchangeData + Clone + Ord,
+{
+    fn monotone_first(self, name: &str) -> VecCollection<'scope, u64, (K, V), isize> {
+        let operator = name.to_string();
+        let mut seen: HashSet<K> = HashSet::new();
+        let mut pending: TimeStash<(K, V)> = TimeStash::default();
+        let by_key = Exchange::new(|((k, _), _t, _r): &((K, V), u64, isize)| k.hashed());
+        self.inner
+            .unary_frontier::<CapacityContainerBuilder<Vec<((K, V), u64, isize)>>, _, _, _>(
+                by_key,
+                name,
+                move |_, _| {
+                    move |(input, frontier), output| {
+                        input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
+                        while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
+                            // Sorted by (key, value): a key's first is its least.
+                            consolidate(&mut updates);
+                            let mut session = output.session(&cap);
+                            for ((k, v), r) in updates {
+                                assert!(
+                                    r > 0,
+                                    "{operator}: a retraction reached an insert-only first value (time {time})"
+                                );
+                                if !seen.contains(&k) {
+                                    seen.insert(k.clone());
+                                    session.give(((k, v), time, 1));
                                 }
                             }
                         }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use differential_dataflow::input::Input;
 use rand::{Rng, SeedableRng};
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
-use weft_operators::monotone::MonotoneMin;
+use weft_operators::monotone::{MonotoneFirst, MonotoneMin};
 
 /// `(key, value)` inserted at each round's time.
 type Round = Vec<(u8, i32)>;
@@ -150,4 +150,92 @@ fn a_retraction_is_refused() {
         input.advance_to(1);
         input.remove((1, 5));
     });
+}
+
+/// `monotone_first`: per key, the least value of the first round the key
+/// appears in, whatever later rounds bring; with values equal per key, the
+/// same as the minimum. At 1 and 4 workers.
+fn check_first(seed: u64, workers: usize, equal_per_key: bool) {
+    let mut all = rounds(seed);
+    if equal_per_key {
+        for round in &mut all {
+            for (k, v) in round.iter_mut() {
+                *v = 3 * *k as i32 - 7;
+            }
+        }
+    }
+    let mut first: BTreeMap<u8, i32> = BTreeMap::new();
+    let want: Vec<BTreeMap<u8, i32>> = all
+        .iter()
+        .map(|round| {
+            let mut this: BTreeMap<u8, i32> = BTreeMap::new();
+            for &(k, v) in round {
+                let m = this.entry(k).or_insert(v);
+                *m = (*m).min(v);
+            }
+            for (k, v) in this {
+                first.entry(k).or_insert(v);
+            }
+            first.clone()
+        })
+        .collect();
+    if equal_per_key {
+        assert_eq!(want, naive(&all), "seed {seed}: equal values, first = min");
+    }
+    let changes: Changes = Arc::default();
+    let c = changes.clone();
+    let rounds = Arc::new(all);
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let c = c.clone();
+        let mut input = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, coll) = scope.new_collection::<(u8, i32), isize>();
+            coll.monotone_first("First")
+                .sink_by_time("First", SinkTarget::Worker(0), move |ev| {
+                    if let SinkEvent::Updates { time, updates } = ev {
+                        c.lock().unwrap().insert(*time, updates.to_vec());
+                    }
+                });
+            input
+        });
+        for (i, round) in rounds.iter().enumerate() {
+            input.advance_to(i as u64);
+            for (j, &(k, v)) in round.iter().enumerate() {
+                if j % worker.peers() == worker.index() {
+                    input.insert((k, v));
+                }
+            }
+            if worker.index() != 0 {
+                worker.step();
+            }
+        }
+        input.close();
+        while worker.step() {}
+    })
+    .unwrap();
+    let changes = changes.lock().unwrap().clone();
+    let mut acc: BTreeMap<(u8, i32), isize> = BTreeMap::new();
+    for (t, w) in want.iter().enumerate() {
+        for (d, r) in changes.get(&(t as u64)).into_iter().flatten() {
+            *acc.entry(*d).or_default() += r;
+        }
+        acc.retain(|_, r| *r != 0);
+        let got: BTreeMap<u8, i32> = acc
+            .iter()
+            .map(|(&(k, v), &r)| {
+                assert_eq!(r, 1, "one value per key");
+                (k, v)
+            })
+            .collect();
+        assert_eq!(&got, w, "seed {seed}, {workers} workers, time {t}");
+    }
+}
+
+#[test]
+fn first_equals_the_naive_first_value() {
+    for seed in 0..20 {
+        for workers in [1, 4] {
+            check_first(seed, workers, true);
+            check_first(seed, workers, false);
+        }
+    }
 }
