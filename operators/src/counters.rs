@@ -33,7 +33,7 @@
 //!   with a capability until the frontier has passed their time), so the
 //!   output does not depend on batching or on the number of workers;
 //! - memory: `row_totals` keeps per key with a non-zero total its `Counts`
-//!   (16 bytes per non-zero slot, exactly sized) in a hash map, and removes
+//!   (8 bytes per non-zero slot, exactly sized) in a hash map, and removes
 //!   a key whose totals all return to zero; `slot_changes` keeps nothing.
 //!   Both hold the updates of times the frontier has not passed yet.
 
@@ -54,8 +54,34 @@ use timely::ExchangeData;
 
 /// Counts by slot: a sparse vector, sorted by slot, without zero entries.
 /// As a difference it adds slot-wise; it is zero when it has no entries.
+///
+/// Each entry is one `u64`: the slot in the high 16 bits, the count in the
+/// low 48 (two's complement), 8 bytes per non-zero count instead of a
+/// `(u32, i64)`'s 16. Slots are below 65,536 (aggregates of one job) and
+/// counts within ±2^47 (140 trillion events); beyond either it panics
+/// rather than wrap.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Counts(Vec<(u32, i64)>);
+pub struct Counts(Vec<u64>);
+
+/// The largest count an entry holds (and, negated, the smallest).
+const COUNT_MAX: i64 = (1 << 47) - 1;
+
+fn entry(slot: u32, n: i64) -> u64 {
+    assert!(slot < 1 << 16, "Counts: slot {slot} is beyond 65535");
+    assert!(
+        (-COUNT_MAX..=COUNT_MAX).contains(&n),
+        "Counts: count {n} of slot {slot} is beyond ±2^47"
+    );
+    (u64::from(slot) << 48) | (n as u64 & ((1 << 48) - 1))
+}
+
+fn slot_of(e: u64) -> u32 {
+    (e >> 48) as u32
+}
+
+fn count_of(e: u64) -> i64 {
+    ((e << 16) as i64) >> 16
+}
 
 impl Counts {
     /// `n` in `slot` and zero elsewhere.
@@ -63,27 +89,32 @@ impl Counts {
         if n == 0 {
             Counts(Vec::new())
         } else {
-            Counts(vec![(slot, n)])
+            Counts(vec![entry(slot, n)])
         }
+    }
+
+    fn position(&self, slot: u32) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&slot, |e| slot_of(*e))
     }
 
     /// The count of `slot`.
     pub fn get(&self, slot: u32) -> i64 {
-        match self.0.binary_search_by_key(&slot, |(s, _)| *s) {
-            Ok(i) => self.0[i].1,
+        match self.position(slot) {
+            Ok(i) => count_of(self.0[i]),
             Err(_) => 0,
         }
     }
 
     /// Adds `n` to `slot`'s count in place; returns its count before and after.
     pub fn add(&mut self, slot: u32, n: i64) -> (i64, i64) {
-        match self.0.binary_search_by_key(&slot, |(s, _)| *s) {
+        match self.position(slot) {
             Ok(i) => {
-                let was = self.0[i].1;
-                self.0[i].1 += n;
-                let now = self.0[i].1;
+                let was = count_of(self.0[i]);
+                let now = was.checked_add(n).expect("Counts: a count overflows");
                 if now == 0 {
                     self.0.remove(i);
+                } else {
+                    self.0[i] = entry(slot, now);
                 }
                 (was, now)
             }
@@ -92,7 +123,7 @@ impl Counts {
                     // Rows live long and gain a slot at a time: exactly
                     // sized, not at a doubled capacity.
                     self.0.reserve_exact(1);
-                    self.0.insert(i, (slot, n));
+                    self.0.insert(i, entry(slot, n));
                 }
                 (0, n)
             }
@@ -101,7 +132,7 @@ impl Counts {
 
     /// The non-zero counts, by slot.
     pub fn iter(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
-        self.0.iter().copied()
+        self.0.iter().map(|e| (slot_of(*e), count_of(*e)))
     }
 }
 
@@ -115,7 +146,7 @@ impl Semigroup for Counts {
     /// Slot by slot, in place: a row holds at most one slot per count
     /// aggregate of a job (tens), and most differences have one.
     fn plus_equals(&mut self, rhs: &Self) {
-        for &(slot, n) in &rhs.0 {
+        for (slot, n) in rhs.iter() {
             self.add(slot, n);
         }
     }
@@ -129,8 +160,8 @@ impl Monoid for Counts {
 
 impl Abelian for Counts {
     fn negate(&mut self) {
-        for (_, n) in &mut self.0 {
-            *n = -*n;
+        for e in &mut self.0 {
+            *e = entry(slot_of(*e), -count_of(*e));
         }
     }
 }
@@ -141,8 +172,12 @@ impl Multiply<isize> for Counts {
         if *rhs == 0 {
             return Counts::zero();
         }
-        for (_, n) in &mut self.0 {
-            *n *= *rhs as i64;
+        for e in &mut self.0 {
+            let n = count_of(*e).checked_mul(*rhs as i64);
+            *e = entry(
+                slot_of(*e),
+                n.expect("Counts: a count times a diff overflows"),
+            );
         }
         self
     }
@@ -306,14 +341,33 @@ mod tests {
     fn counts_add_slot_wise_and_drop_zeros() {
         let mut a = c(&[(1, 2), (4, 1)]);
         a.plus_equals(&c(&[(0, 1), (1, -2), (9, 3)]));
-        assert_eq!(a, Counts(vec![(0, 1), (4, 1), (9, 3)]));
+        assert_eq!(a.iter().collect::<Vec<_>>(), [(0, 1), (4, 1), (9, 3)]);
         let mut b = a.clone();
         b.negate();
         a.plus_equals(&b);
         assert!(a.is_zero());
-        assert_eq!(c(&[(2, 1)]).multiply(&-3), Counts(vec![(2, -3)]));
+        assert_eq!(c(&[(2, 1)]).multiply(&-3), Counts::one(2, -3));
+        // Negative counts and the largest slot survive the packing.
+        let mut big = c(&[(65535, -COUNT_MAX), (0, COUNT_MAX)]);
+        assert_eq!(big.get(65535), -COUNT_MAX);
+        assert_eq!(big.get(0), COUNT_MAX);
+        assert_eq!(
+            big.iter().collect::<Vec<_>>(),
+            [(0, COUNT_MAX), (65535, -COUNT_MAX)]
+        );
+        big.negate();
+        assert_eq!(big.get(65535), COUNT_MAX);
+        assert_eq!(big.add(7, -5), (0, -5));
+        assert_eq!(big.add(7, 2), (-5, -3));
         assert!(c(&[(2, 1)]).multiply(&0).is_zero());
         assert!(Counts::one(5, 0).is_zero());
         assert_eq!(c(&[(3, 1), (3, 1)]).get(3), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond ±2^47")]
+    fn counts_refuse_to_wrap() {
+        let mut a = Counts::one(1, COUNT_MAX);
+        a.add(1, 1);
     }
 }

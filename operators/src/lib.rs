@@ -11,7 +11,7 @@
 //! | [`reclock`] | [`reclock::Reclock::reclock_to_watermark`]: position time → watermark clock (replays) | records of incomplete positions |
 //! | [`components`] | [`components::ConnectedComponents::connected_components`]: node → least node (or least-ranked node) of its component, under insertions and retractions; [`components::ComponentChanges::component_changes`]: merges and splits per time | edges twice, per node its label by round; one count per label |
 //! | [`clusters`] | [`clusters::ClusterReduce::cluster_reduce`]: a function of every connected component's items, recomputed for the components each time touches (on worker 0) | per node its items and neighbours, per edge a count, per component its nodes |
-//! | [`counters`] | [`counters::RowTotals::row_totals`]: one row of totals per key whose diffs are [`counters::Counts`] (many counts as one vector-valued difference); [`counters::SlotChanges::slot_changes`]: the per-slot changes of rows; [`counters::SlotTotals::slot_totals`]: both | per key its non-zero counts (16 B per slot); none |
+//! | [`counters`] | [`counters::RowTotals::row_totals`]: one row of totals per key whose diffs are [`counters::Counts`] (many counts as one vector-valued difference); [`counters::SlotChanges::slot_changes`]: the per-slot changes of rows; [`counters::SlotTotals::slot_totals`]: both | per key its non-zero counts (8 B per slot); none |
 //! | [`future`] | [`future::HoldFuture::hold_future`]: updates for future times (window expiries) held in a time-ordered heap until the frontier reaches them | one `(time, data, diff)` per held update |
 //! | [`by_time`] | [`by_time::SinkByTime::sink_by_time`]: consolidated updates per completed time, in time order | updates of incomplete times |
 
