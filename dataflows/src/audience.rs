@@ -1062,16 +1062,17 @@ where
 
     /// Allows the trace to forget distinctions between times before `frontier`.
     pub fn compact_to(&mut self, frontier: timely::progress::frontier::AntichainRef<'_, u64>) {
-        use differential_dataflow::trace::TraceReader as _;
+        use differential_dataflow::trace::TraceReader;
+        fn both<T: TraceReader<Time = u64>>(
+            t: &mut T,
+            f: timely::progress::frontier::AntichainRef<'_, u64>,
+        ) {
+            t.set_logical_compaction(f);
+            t.set_physical_compaction(f);
+        }
         match self {
-            ExportedValues::Arranged(t) => {
-                t.set_logical_compaction(frontier);
-                t.set_physical_compaction(frontier);
-            }
-            ExportedValues::Slot(t, _) => {
-                t.set_logical_compaction(frontier);
-                t.set_physical_compaction(frontier);
-            }
+            ExportedValues::Arranged(t) => both(t, frontier),
+            ExportedValues::Slot(t, _) => both(t, frontier),
         }
     }
 }

@@ -205,3 +205,42 @@ impl<D, R> TimeStash<D, R> {
         Some((time, cap, updates))
     }
 }
+
+/// Applies `logic` to one completed time at a time, in time order: the
+/// shape of the operators whose state is updated by completed times
+/// (`counters`, `monotone`). Updates are exchanged by `route`, held in a
+/// [`TimeStash`] until the frontier has passed their time, consolidated, and
+/// handed to `logic(time, updates, out)`; what it pushes to `out` is sent at
+/// that time.
+pub fn apply_completed_times<'scope, D, R, O, H, L>(
+    input: timely::dataflow::StreamVec<'scope, u64, (D, u64, R)>,
+    name: &str,
+    route: H,
+    mut logic: L,
+) -> timely::dataflow::StreamVec<'scope, u64, (O, u64, isize)>
+where
+    D: ExchangeData + Ord,
+    R: ExchangeData + Semigroup,
+    O: Clone + 'static,
+    H: Fn(&D) -> u64 + 'static,
+    L: FnMut(u64, Vec<(D, R)>, &mut Vec<(O, isize)>) + 'static,
+{
+    let mut pending: TimeStash<D, R> = TimeStash::default();
+    let pact = Exchange::new(move |(d, _t, _r): &(D, u64, R)| route(d));
+    let mut out = Vec::new();
+    input.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, u64, isize)>>, _, _, _>(
+        pact,
+        name,
+        move |_, _| {
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
+                while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
+                    consolidate(&mut updates);
+                    logic(time, updates, &mut out);
+                    let mut session = output.session(&cap);
+                    session.give_iterator(out.drain(..).map(|(o, r)| (o, time, r)));
+                }
+            }
+        },
+    )
+}

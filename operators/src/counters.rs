@@ -46,10 +46,7 @@ use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, Collection, VecCollection};
 use serde::{Deserialize, Serialize};
 
-use crate::by_time::TimeStash;
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::Operator;
+use crate::by_time::apply_completed_times;
 use timely::ExchangeData;
 
 /// Counts by slot: a sparse vector, sorted by slot, without zero entries.
@@ -200,36 +197,26 @@ where
 {
     fn row_totals(self, name: &str) -> VecCollection<'scope, u64, (K, Counts), isize> {
         let mut totals: HashMap<K, Counts> = HashMap::new();
-        let mut pending: TimeStash<K, Counts> = TimeStash::default();
-        let by_key = Exchange::new(|(k, _t, _r): &(K, u64, Counts)| k.hashed());
-        self.inner
-            .unary_frontier::<CapacityContainerBuilder<Vec<((K, Counts), u64, isize)>>, _, _, _>(
-                by_key,
-                name,
-                move |_, _| {
-                    move |(input, frontier), output| {
-                        input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
-                        // Apply every time the frontier has passed, in order.
-                        while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
-                            consolidate(&mut updates);
-                            let mut session = output.session(&cap);
-                            for (k, delta) in updates {
-                                let row = totals.entry(k.clone()).or_default();
-                                if !row.is_zero() {
-                                    session.give(((k.clone(), row.clone()), time, -1));
-                                }
-                                row.plus_equals(&delta);
-                                if row.is_zero() {
-                                    totals.remove(&k);
-                                } else {
-                                    session.give(((k, row.clone()), time, 1));
-                                }
-                            }
-                        }
+        apply_completed_times(
+            self.inner,
+            name,
+            |k: &K| k.hashed(),
+            move |_time, updates, out| {
+                for (k, delta) in updates {
+                    let row = totals.entry(k.clone()).or_default();
+                    if !row.is_zero() {
+                        out.push(((k.clone(), row.clone()), -1));
                     }
-                },
-            )
-            .as_collection()
+                    row.plus_equals(&delta);
+                    if row.is_zero() {
+                        totals.remove(&k);
+                    } else {
+                        out.push(((k, row.clone()), 1));
+                    }
+                }
+            },
+        )
+        .as_collection()
     }
 }
 
@@ -249,38 +236,25 @@ where
     K: ExchangeData + Clone + Hash + Eq + Ord,
 {
     fn slot_changes(self, name: &str) -> VecCollection<'scope, u64, (u32, (K, i64)), isize> {
-        let mut pending: TimeStash<(K, Counts)> = TimeStash::default();
-        let by_key = Exchange::new(|((k, _), _t, _r): &((K, Counts), u64, isize)| k.hashed());
-        self.inner
-            .unary_frontier::<CapacityContainerBuilder<Vec<((u32, (K, i64)), u64, isize)>>, _, _, _>(
-                by_key,
-                name,
-                move |_, _| {
-                    let mut slots: Vec<((u32, i64), isize)> = Vec::new();
-                    move |(input, frontier), output| {
-                        input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
-                        while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
-                            consolidate(&mut updates); // sorted by key
-                            let mut session = output.session(&cap);
-                            let mut rest = &updates[..];
-                            while let Some(((k, _), _)) = rest.first() {
-                                let n = rest.iter().take_while(|((k2, _), _)| k2 == k).count();
-                                let (group, tail) = rest.split_at(n);
-                                slots.clear();
-                                for ((_, row), r) in group {
-                                    slots.extend(row.iter().map(|s| (s, *r)));
-                                }
-                                consolidate(&mut slots);
-                                for &((slot, total), r) in &slots {
-                                    session.give(((slot, (k.clone(), total)), time, r));
-                                }
-                                rest = tail;
-                            }
-                        }
-                    }
-                },
-            )
-            .as_collection()
+        let mut slots: Vec<((u32, i64), isize)> = Vec::new();
+        let route = |(k, _): &(K, Counts)| k.hashed();
+        apply_completed_times(self.inner, name, route, move |_time, updates, out| {
+            // Consolidated, so sorted by key.
+            for group in updates.chunk_by(|((a, _), _), ((b, _), _)| a == b) {
+                slots.clear();
+                for ((_, row), r) in group {
+                    slots.extend(row.iter().map(|s| (s, *r)));
+                }
+                consolidate(&mut slots);
+                let k = &group[0].0 .0;
+                out.extend(
+                    slots
+                        .iter()
+                        .map(|&((slot, total), r)| ((slot, (k.clone(), total)), r)),
+                );
+            }
+        })
+        .as_collection()
     }
 }
 

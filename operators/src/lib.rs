@@ -13,7 +13,7 @@
 //! | [`clusters`] | [`clusters::ClusterReduce::cluster_reduce`]: a function of every connected component's items, recomputed for the components each time touches (on worker 0) | per node its items and neighbours, per edge a count, per component its nodes |
 //! | [`counters`] | [`counters::RowTotals::row_totals`]: one row of totals per key whose diffs are [`counters::Counts`] (many counts as one vector-valued difference); [`counters::SlotChanges::slot_changes`]: the per-slot changes of rows; [`counters::SlotTotals::slot_totals`]: both | per key its non-zero counts (8 B per slot); none |
 //! | [`future`] | [`future::HoldFuture::hold_future`]: updates for future times (window expiries) held in a time-ordered heap until the frontier reaches them | one `(time, data, diff)` per held update |
-//! | [`by_time`] | [`by_time::SinkByTime::sink_by_time`]: consolidated updates per completed time, in time order | updates of incomplete times |
+//! | [`by_time`] | [`by_time::SinkByTime::sink_by_time`]: consolidated updates per completed time, in time order; [`by_time::apply_completed_times`]: the same for operators whose state is updated one completed time at a time | updates of incomplete times |
 
 #![forbid(missing_docs)]
 

@@ -32,7 +32,7 @@ use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
 
-use crate::by_time::TimeStash;
+use crate::by_time::{apply_completed_times, TimeStash};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -77,42 +77,28 @@ where
     fn monotone_min(self, name: &str) -> VecCollection<'scope, u64, (K, V), isize> {
         let operator = name.to_string();
         let mut least: HashMap<K, V> = HashMap::new();
-        let mut pending: TimeStash<(K, V)> = TimeStash::default();
-        let by_key = Exchange::new(|((k, _), _t, _r): &((K, V), u64, isize)| k.hashed());
-        self.inner
-            .unary_frontier::<CapacityContainerBuilder<Vec<((K, V), u64, isize)>>, _, _, _>(
-                by_key,
-                name,
-                move |_, _| {
-                    move |(input, frontier), output| {
-                        input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
-                        // Apply every time the frontier has passed, in order.
-                        while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
-                            consolidate(&mut updates);
-                            let mut session = output.session(&cap);
-                            for ((k, v), r) in updates {
-                                assert!(
-                                    r > 0,
-                                    "{operator}: a retraction reached an insert-only minimum (time {time})"
-                                );
-                                match least.get_mut(&k) {
-                                    None => {
-                                        session.give(((k.clone(), v.clone()), time, 1));
-                                        least.insert(k, v);
-                                    }
-                                    Some(old) if v < *old => {
-                                        let was = std::mem::replace(old, v.clone());
-                                        session.give(((k.clone(), was), time, -1));
-                                        session.give(((k, v), time, 1));
-                                    }
-                                    Some(_) => {}
-                                }
-                            }
-                        }
+        let route = |(k, _): &(K, V)| k.hashed();
+        apply_completed_times(self.inner, name, route, move |time, updates, out| {
+            for ((k, v), r) in updates {
+                assert!(
+                    r > 0,
+                    "{operator}: a retraction reached an insert-only minimum (time {time})"
+                );
+                match least.get_mut(&k) {
+                    None => {
+                        out.push(((k.clone(), v.clone()), 1));
+                        least.insert(k, v);
                     }
-                },
-            )
-            .as_collection()
+                    Some(old) if v < *old => {
+                        let was = std::mem::replace(old, v.clone());
+                        out.push(((k.clone(), was), -1));
+                        out.push(((k, v), 1));
+                    }
+                    Some(_) => {}
+                }
+            }
+        })
+        .as_collection()
     }
 }
 
@@ -158,34 +144,21 @@ where
     fn monotone_first(self, name: &str) -> VecCollection<'scope, u64, (K, V), isize> {
         let operator = name.to_string();
         let mut seen: HashSet<K> = HashSet::new();
-        let mut pending: TimeStash<(K, V)> = TimeStash::default();
-        let by_key = Exchange::new(|((k, _), _t, _r): &((K, V), u64, isize)| k.hashed());
-        self.inner
-            .unary_frontier::<CapacityContainerBuilder<Vec<((K, V), u64, isize)>>, _, _, _>(
-                by_key,
-                name,
-                move |_, _| {
-                    move |(input, frontier), output| {
-                        input.for_each(|cap, data| pending.stash(data, |t| cap.delayed(t, 0)));
-                        while let Some((time, cap, mut updates)) = pending.next_complete(frontier) {
-                            // Sorted by (key, value): a key's first is its least.
-                            consolidate(&mut updates);
-                            let mut session = output.session(&cap);
-                            for ((k, v), r) in updates {
-                                assert!(
-                                    r > 0,
-                                    "{operator}: a retraction reached an insert-only first value (time {time})"
-                                );
-                                if !seen.contains(&k) {
-                                    seen.insert(k.clone());
-                                    session.give(((k, v), time, 1));
-                                }
-                            }
-                        }
-                    }
-                },
-            )
-            .as_collection()
+        let route = |(k, _): &(K, V)| k.hashed();
+        // Consolidated, so sorted by (key, value): a key's first is its least.
+        apply_completed_times(self.inner, name, route, move |time, updates, out| {
+            for ((k, v), r) in updates {
+                assert!(
+                    r > 0,
+                    "{operator}: a retraction reached an insert-only first value (time {time})"
+                );
+                if !seen.contains(&k) {
+                    seen.insert(k.clone());
+                    out.push(((k, v), 1));
+                }
+            }
+        })
+        .as_collection()
     }
 }
 
