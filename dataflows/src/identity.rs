@@ -77,7 +77,11 @@
 //!    kind `K`, its earliest `limit(K)` non-explicit edges to identifiers of
 //!    kind `K`, by (edge time, other hash). An edge is a *candidate* when both
 //!    ends keep it. This bounds the degree of hubs (a shared device, a
-//!    support email) before any global work.
+//!    support email) before any global work. Insert-only
+//!    ([`identity_insert_only`]), edge times only move down and no edge
+//!    leaves, so `weft_operators::monotone::monotone_limits` keeps only the
+//!    edges each identifier keeps; otherwise a `reduce` over every
+//!    identifier's edges and a threshold per edge decide.
 //! 2. **Per-profile limits, greedy by time.** Candidates are considered in
 //!    order of (edge time, better kind rank of its ends, worse kind rank,
 //!    hashes). An edge is accepted when its ends are already in one profile,
@@ -136,7 +140,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::core::Partition;
 use weft_operators::clusters::ClusterReduce;
 use weft_operators::components::{ChangeKind, ComponentChange, ComponentChanges};
-use weft_operators::monotone::{MonotoneFirst, MonotoneMin};
+use weft_operators::monotone::{MonotoneFirst, MonotoneLimits, MonotoneMin};
 
 use crate::event::{write_json_string, Event, EventType, Field};
 use crate::record::WriteJson;
@@ -781,47 +785,22 @@ fn build<'s>(
 
     // STEP 4. Per-identifier limits: each end keeps its earliest `limit(K)`
     // edges to kind K; an edge is a candidate when both ends keep it.
-    type Side = (KindRank, i64, IdHash, KindRank, bool);
-    let limits = Rc::clone(&rules);
-    let sides = edges.clone().flat_map(move |((lo, hi, klo, khi, x), t)| {
-        let key = (lo, hi, klo, khi, x);
-        let lo_side: (IdHash, Side) = (lo, (khi, t, hi, klo, x));
-        let hi_side: (IdHash, Side) = (hi, (klo, t, lo, khi, x));
-        [lo_side, hi_side].map(|side| {
-            let checked = !x && limits.limit(side.1 .0).is_some();
-            (checked, side, (key, t))
-        })
-    });
-    let unchecked = sides
-        .clone()
-        .flat_map(|(checked, _, edge)| (!checked).then_some(edge));
-    let limits = Rc::clone(&rules);
-    let kept = sides
-        .flat_map(|(checked, side, _)| checked.then_some(side))
-        .reduce_named("IdentityIdentifierLimits", move |_node, input, output| {
-            // Sorted by (other kind, edge time, other hash): keep a prefix of each kind.
-            let mut kind = None;
-            let mut count = 0u32;
-            for (side, r) in input {
-                if *r <= 0 {
-                    continue;
-                }
-                if kind != Some(side.0) {
-                    kind = Some(side.0);
-                    count = 0;
-                }
-                if count < limits.limit(side.0).unwrap_or(u32::MAX) {
-                    count += 1;
-                    output.push((**side, 1isize));
-                }
-            }
-        })
-        .map(|(node, (k_other, t, other, k_node, x))| {
-            (edge_key(node, k_node, other, k_other, x), t)
-        });
-    let candidates = kept
-        .concat(unchecked)
-        .threshold_named("IdentityCandidates", |_, c| isize::from(*c == 2));
+    // (Insert-only: an edge's first-seen time only moves down, so each end
+    // keeps only the edges it keeps, not every edge it has.)
+    let candidates = if insert_only {
+        let (ends, limits) = (Rc::clone(&rules), Rc::clone(&rules));
+        edges.clone().monotone_limits(
+            "IdentityCandidates",
+            move |&(lo, hi, klo, khi, x): &EdgeKey| {
+                let end =
+                    |node, other| (!x && ends.limit(other).is_some()).then_some((node, other));
+                [end(lo, khi), end(hi, klo)]
+            },
+            move |kind| limits.limit(*kind).map_or(usize::MAX, |l| l as usize),
+        )
+    } else {
+        limited_candidates(edges.clone(), &rules)
+    };
 
     // STEP 5. Per cluster (connected component of the candidates, every
     // identifier an item of its own node): the greedy limits decide the
@@ -920,6 +899,55 @@ fn build<'s>(
         account_traits,
         anchored,
     })
+}
+
+/// Per-identifier limits in general (edges may retract): every identifier's
+/// sides arranged and reduced to the earliest `limit(K)` per kind, then a
+/// threshold keeps the edges both ends keep.
+fn limited_candidates<'s>(
+    edges: VecCollection<'s, u64, (EdgeKey, i64), isize>,
+    rules: &Rc<IdentityRules>,
+) -> VecCollection<'s, u64, (EdgeKey, i64), isize> {
+    type Side = (KindRank, i64, IdHash, KindRank, bool);
+    let limits = Rc::clone(rules);
+    let sides = edges.flat_map(move |((lo, hi, klo, khi, x), t)| {
+        let key = (lo, hi, klo, khi, x);
+        let lo_side: (IdHash, Side) = (lo, (khi, t, hi, klo, x));
+        let hi_side: (IdHash, Side) = (hi, (klo, t, lo, khi, x));
+        [lo_side, hi_side].map(|side| {
+            let checked = !x && limits.limit(side.1 .0).is_some();
+            (checked, side, (key, t))
+        })
+    });
+    let unchecked = sides
+        .clone()
+        .flat_map(|(checked, _, edge)| (!checked).then_some(edge));
+    let limits = Rc::clone(rules);
+    let kept = sides
+        .flat_map(|(checked, side, _)| checked.then_some(side))
+        .reduce_named("IdentityIdentifierLimits", move |_node, input, output| {
+            // Sorted by (other kind, edge time, other hash): keep a prefix of each kind.
+            let mut kind = None;
+            let mut count = 0u32;
+            for (side, r) in input {
+                if *r <= 0 {
+                    continue;
+                }
+                if kind != Some(side.0) {
+                    kind = Some(side.0);
+                    count = 0;
+                }
+                if count < limits.limit(side.0).unwrap_or(u32::MAX) {
+                    count += 1;
+                    output.push((**side, 1isize));
+                }
+            }
+        })
+        .map(|(node, (k_other, t, other, k_node, x))| {
+            (edge_key(node, k_node, other, k_other, x), t)
+        });
+    kept.concat(unchecked)
+        .threshold_named("IdentityCandidates", |_, c| isize::from(*c == 2))
 }
 
 /// Keeps the largest `(time, messageId, value)` of a key's candidates.

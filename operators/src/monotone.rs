@@ -272,3 +272,200 @@ where
             .as_collection()
     }
 }
+
+/// Adds [`MonotoneLimits::monotone_limits`] to collections of `(item, rank)`.
+pub trait MonotoneLimits<'scope, E, R> {
+    /// The items that every one of their *ends* keeps, with their rank.
+    ///
+    /// Each item has up to two ends, `ends(item)`: a node and a group, or
+    /// `None` for an end that keeps everything. The items sharing an end
+    /// `(n, g)` compete for `limit(g)` places: the end keeps its `limit(g)`
+    /// least items by `(rank, item)`. An item is in the output, with its
+    /// rank, while each of its ends keeps it. (Identity's per-identifier
+    /// limits: an edge is a candidate while both its identifiers keep it
+    /// among their earliest edges to the other's kind.)
+    ///
+    /// The input is a *monotone* ranking, as [`MonotoneMin::monotone_min`]
+    /// produces: an item, once present, stays, with one rank at a time, and
+    /// its rank only moves down (consolidated per time, `+(e, r)` for a new
+    /// item, `-(e, old) +(e, new)` with `new < old` for a move). Then an
+    /// item an end does not keep can only return by a move of its own, and
+    /// each end's state is the items it keeps, at most `limit(g)` of them:
+    /// a `reduce` per end and a threshold per item would arrange every
+    /// item and end instead. Applied one completed time at a time, in time
+    /// order, on worker 0 (an item's two ends are decided together); panics
+    /// with the operator's name when the input breaks the contract.
+    ///
+    /// ```
+    /// use differential_dataflow::input::Input;
+    /// use weft_operators::monotone::MonotoneLimits;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// timely::execute_directly(move |worker| {
+    ///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
+    ///         // Items (a, b): an edge between nodes a and b, each keeping one.
+    ///         let (input, coll) = scope.new_collection::<((char, char), i64), isize>();
+    ///         coll.monotone_limits("Limits", |&(a, b): &(char, char)| [Some((a, ())), Some((b, ()))], |_| 1)
+    ///             .inspect(move |x| log.lock().unwrap().push(*x));
+    ///         input
+    ///     });
+    ///     input.insert((('a', 'b'), 5));
+    ///     input.insert((('a', 'c'), 7)); // a keeps (a, b)
+    ///     input.advance_to(1);
+    ///     input.remove((('a', 'c'), 7));
+    ///     input.insert((('a', 'c'), 3)); // now (a, c) ranks first at a
+    /// });
+    /// let mut seen = seen.lock().unwrap().clone();
+    /// seen.sort();
+    /// assert_eq!(seen, vec![
+    ///     ((('a', 'b'), 5), 0, 1), ((('a', 'b'), 5), 1, -1), ((('a', 'c'), 3), 1, 1),
+    /// ]);
+    /// ```
+    fn monotone_limits<N, G, F, L>(
+        self,
+        name: &str,
+        ends: F,
+        limit: L,
+    ) -> VecCollection<'scope, u64, (E, R), isize>
+    where
+        N: Clone + Hash + Eq + 'static,
+        G: Clone + Hash + Eq + 'static,
+        F: Fn(&E) -> [Option<(N, G)>; 2] + 'static,
+        L: Fn(&G) -> usize + 'static;
+}
+
+impl<'scope, E, R> MonotoneLimits<'scope, E, R> for VecCollection<'scope, u64, (E, R), isize>
+where
+    E: ExchangeData + Clone + Ord,
+    R: ExchangeData + Clone + Ord,
+{
+    fn monotone_limits<N, G, F, L>(
+        self,
+        name: &str,
+        ends: F,
+        limit: L,
+    ) -> VecCollection<'scope, u64, (E, R), isize>
+    where
+        N: Clone + Hash + Eq + 'static,
+        G: Clone + Hash + Eq + 'static,
+        F: Fn(&E) -> [Option<(N, G)>; 2] + 'static,
+        L: Fn(&G) -> usize + 'static,
+    {
+        let operator = name.to_string();
+        // Per end, the items it keeps, sorted by (rank, item).
+        let mut kept: HashMap<(N, G), Vec<(R, E)>> = HashMap::new();
+        // The distinct ends of an item that limit it.
+        let ends_of = move |e: &E| {
+            let [a, b] = ends(e);
+            let b = b.filter(|b| a.as_ref() != Some(b));
+            a.into_iter().chain(b)
+        };
+        let keeps = |kept: &HashMap<(N, G), Vec<(R, E)>>, end: &(N, G), r: &R, e: &E| {
+            kept.get(end).is_some_and(|list| {
+                list.binary_search_by(|(lr, le)| (lr, le).cmp(&(r, e)))
+                    .is_ok()
+            })
+        };
+        apply_completed_times(
+            self.inner,
+            name,
+            |_| 0,
+            move |time, updates, out| {
+                // One move per item: consolidated, so sorted by (item, rank),
+                // a move's new (lesser) rank first.
+                let mut moves: Vec<(E, Option<R>, R)> = Vec::new();
+                let mut updates = updates.into_iter().peekable();
+                while let Some(((e, r), d)) = updates.next() {
+                    let (old, new) = match updates.peek() {
+                        Some(((e2, r2), d2)) if *e2 == e => {
+                            let (old, od) = (r2.clone(), *d2);
+                            updates.next();
+                            assert!(
+                                d == 1
+                                    && od == -1
+                                    && updates.peek().is_none_or(|((e3, _), _)| *e3 != e),
+                                "{operator}: an item's rank moved other than down (time {time})"
+                            );
+                            (Some(old), r)
+                        }
+                        _ => {
+                            assert!(
+                                d == 1,
+                                "{operator}: an item was retracted or repeated (time {time})"
+                            );
+                            (None, r)
+                        }
+                    };
+                    if ends_of(&e).next().is_none() {
+                        // Kept by every end: passed on as it comes.
+                        if let Some(old) = old {
+                            out.push(((e.clone(), old), -1));
+                        }
+                        out.push(((e, new), 1));
+                    } else {
+                        moves.push((e, old, new));
+                    }
+                }
+                if moves.is_empty() {
+                    return;
+                }
+                // Only items of the ends a move touches can change status.
+                let touched: HashSet<(N, G)> =
+                    moves.iter().flat_map(|(e, ..)| ends_of(e)).collect();
+                let status =
+                    |kept: &HashMap<(N, G), Vec<(R, E)>>, sign: isize, out: &mut Vec<_>| {
+                        for end in &touched {
+                            for (r, e) in kept.get(end).into_iter().flatten() {
+                                if ends_of(e).all(|end| keeps(kept, &end, r, e)) {
+                                    out.push(((e.clone(), r.clone()), sign));
+                                }
+                            }
+                        }
+                    };
+                let mut before = Vec::new();
+                status(&kept, -1, &mut before);
+                for (e, old, new) in moves {
+                    for end in ends_of(&e) {
+                        let room = limit(&end.1);
+                        let list = kept.entry(end).or_default();
+                        if let Some(old) = &old {
+                            if let Ok(i) =
+                                list.binary_search_by(|(lr, le)| (lr, le).cmp(&(old, &e)))
+                            {
+                                list.remove(i);
+                            }
+                        }
+                        let at = list
+                            .binary_search_by(|(lr, le)| (lr, le).cmp(&(&new, &e)))
+                            .unwrap_or_else(|i| i);
+                        if at < room {
+                            list.insert(at, (new.clone(), e.clone()));
+                            list.truncate(room);
+                            list.shrink_to_fit();
+                        }
+                    }
+                }
+                let mut after = Vec::new();
+                status(&kept, 1, &mut after);
+                // An item with two touched ends was seen twice: once each way.
+                before.sort();
+                before.dedup();
+                after.sort();
+                after.dedup();
+                out.extend(before);
+                out.extend(after);
+                for end in &touched {
+                    if kept.get(end).is_some_and(|l| l.is_empty()) {
+                        kept.remove(end);
+                    }
+                }
+                let mut net = std::mem::take(out);
+                consolidate(&mut net);
+                *out = net;
+            },
+        )
+        .as_collection()
+    }
+}

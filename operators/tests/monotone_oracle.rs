@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use differential_dataflow::input::Input;
 use rand::{Rng, SeedableRng};
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
-use weft_operators::monotone::{MonotoneFirst, MonotoneMin};
+use weft_operators::monotone::{MonotoneFirst, MonotoneLimits, MonotoneMin};
 
 /// `(key, value)` inserted at each round's time.
 type Round = Vec<(u8, i32)>;
@@ -238,4 +238,154 @@ fn first_equals_the_naive_first_value() {
             check_first(seed, workers, false);
         }
     }
+}
+
+/// `monotone_limits`: items `(a, b, explicit)` are edges between nodes
+/// `a` and `b`; an explicit edge has no limits; otherwise the end at `a`
+/// is in group `b % 3` (the other node's "kind") and the end at `b` in
+/// group `a % 3`; groups 0 and 1 keep 1 and 2 items, group 2 keeps all
+/// (no end). Ranks are random and only move down (through
+/// `monotone_min`, as identity feeds it). After every round, the
+/// accumulated output equals a naive recomputation: per end, the least
+/// `limit` items by `(rank, item)`; the items every end keeps. At 1 and 4
+/// workers; nodes may repeat (`a == b`: one end, twice).
+type Edge = (u8, u8, bool);
+
+fn edge_ends(&(a, b, x): &Edge) -> [Option<(u8, u8)>; 2] {
+    let end = |n: u8, other: u8| (!x && other % 3 != 2).then_some((n, other % 3));
+    [end(a, b), end(b, a)]
+}
+
+fn group_limit(g: &u8) -> usize {
+    usize::from(*g) + 1
+}
+
+fn limit_rounds(seed: u64) -> Vec<Vec<(Edge, i32)>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..20)
+        .map(|_| {
+            (0..rng.gen_range(0..12))
+                .map(|_| {
+                    let e = (rng.gen_range(0..6), rng.gen_range(0..6), rng.gen_bool(0.15));
+                    (e, rng.gen_range(0..40))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn naive_limits(rounds: &[Vec<(Edge, i32)>]) -> Vec<BTreeMap<Edge, i32>> {
+    let mut rank: BTreeMap<Edge, i32> = BTreeMap::new();
+    rounds
+        .iter()
+        .map(|round| {
+            for &(e, r) in round {
+                let m = rank.entry(e).or_insert(r);
+                *m = (*m).min(r);
+            }
+            let mut at: BTreeMap<(u8, u8), Vec<(i32, Edge)>> = BTreeMap::new();
+            for (e, r) in &rank {
+                let [a, b] = edge_ends(e);
+                let b = b.filter(|b| a != Some(*b));
+                for end in a.into_iter().chain(b) {
+                    at.entry(end).or_default().push((*r, *e));
+                }
+            }
+            for (end, list) in at.iter_mut() {
+                list.sort();
+                list.truncate(group_limit(&end.1));
+            }
+            rank.iter()
+                .filter(|(e, r)| {
+                    edge_ends(e)
+                        .into_iter()
+                        .flatten()
+                        .all(|end| at[&end].contains(&(**r, **e)))
+                })
+                .map(|(e, r)| (*e, *r))
+                .collect()
+        })
+        .collect()
+}
+
+fn check_limits(seed: u64, workers: usize) {
+    let all = limit_rounds(seed);
+    let want = naive_limits(&all);
+    let changes: Arc<Mutex<BTreeMap<u64, Vec<((Edge, i32), isize)>>>> = Arc::default();
+    let c = changes.clone();
+    let rounds = Arc::new(all);
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let c = c.clone();
+        let mut input = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, coll) = scope.new_collection::<(Edge, i32), isize>();
+            coll.monotone_min("Rank")
+                .monotone_limits("Limits", edge_ends, group_limit)
+                .sink_by_time("Limits", SinkTarget::Worker(0), move |ev| {
+                    if let SinkEvent::Updates { time, updates } = ev {
+                        c.lock().unwrap().insert(*time, updates.to_vec());
+                    }
+                });
+            input
+        });
+        for (i, round) in rounds.iter().enumerate() {
+            input.advance_to(i as u64);
+            for (j, &(e, r)) in round.iter().enumerate() {
+                if j % worker.peers() == worker.index() {
+                    input.insert((e, r));
+                }
+            }
+            if worker.index() != 0 {
+                worker.step();
+            }
+        }
+        input.close();
+        while worker.step() {}
+    })
+    .unwrap();
+    let changes = changes.lock().unwrap().clone();
+    let mut acc: BTreeMap<(Edge, i32), isize> = BTreeMap::new();
+    for (t, w) in want.iter().enumerate() {
+        for (d, r) in changes.get(&(t as u64)).into_iter().flatten() {
+            *acc.entry(*d).or_default() += r;
+        }
+        acc.retain(|_, r| *r != 0);
+        let got: BTreeMap<Edge, i32> = acc
+            .iter()
+            .map(|(&(e, r), &n)| {
+                assert_eq!(n, 1, "seed {seed}: one rank per item");
+                (e, r)
+            })
+            .collect();
+        assert_eq!(&got, w, "seed {seed}, {workers} workers, time {t}");
+    }
+}
+
+#[test]
+fn limits_equal_the_naive_limits_one_worker() {
+    for seed in 0..40 {
+        check_limits(seed, 1);
+    }
+}
+
+#[test]
+fn limits_equal_the_naive_limits_four_workers() {
+    for seed in 0..40 {
+        check_limits(seed, 4);
+    }
+}
+
+#[test]
+#[should_panic(expected = "an item's rank moved other than down")]
+fn limits_refuse_a_rank_that_moves_up() {
+    timely::execute_directly(|worker| {
+        let mut input = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, coll) = scope.new_collection::<(Edge, i32), isize>();
+            coll.monotone_limits("Limits", edge_ends, group_limit);
+            input
+        });
+        input.insert(((1, 2, false), 5));
+        input.advance_to(1);
+        input.remove(((1, 2, false), 5));
+        input.insert(((1, 2, false), 7));
+    });
 }
