@@ -6,7 +6,7 @@
 //!  events ──flat_map(observe)──► facts ──partition──┬─ sightings ─ reduce(min time) ─► nodes (id → first seen, kind)
 //!                                                   ├─ names ───── reduce ──────────► identifiers (id → (kind, value))
 //!                                                   ├─ edges ─┐
-//!                                                   ├─ aliases ┴ join nodes ─ reduce(min time) ─► edges (first seen)
+//!                                                   ├─ aliases ┴ join names ─ reduce(min time) ─► edges (first seen)
 //!                                                   │            │ per-identifier limits (reduce), both ends agree
 //!                                                   │            ▼
 //!                                                   │          candidates + identifiers ─ cluster_reduce (worker 0):
@@ -576,7 +576,7 @@ pub struct IdentityOutputs<'s> {
     /// The reverse map: identifier (and account) hash → `(kind, value)`.
     pub identifiers: ByHash<'s, Identifier>,
     /// Identifier → (first-seen event time ms, kind rank), for every identifier of a live event.
-    pub nodes: ByHash<'s, (i64, KindRank)>,
+    pub nodes: VecCollection<'s, u64, (IdHash, (i64, KindRank)), isize>,
     /// Edges between identifiers (with their first-seen time), before the limits.
     pub edges: VecCollection<'s, u64, (EdgeKey, i64), isize>,
     /// Edges accepted by the rules, `(lo, hi)`.
@@ -733,9 +733,10 @@ fn build<'s>(
     });
 
     // STEP 2. Identifiers: first-seen time and kind; the reverse map.
+    // (Read as a collection only, by the cluster graph: not arranged
+    // insert-only.)
     let nodes = if insert_only {
         seen.monotone_min("IdentityFirstSeen")
-            .arrange_by_key_named("IdentityFirstSeenByKey")
     } else {
         seen.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<IdHash, (i64, KindRank), u64, isize>>(
             "IdentityFirstSeen",
@@ -745,6 +746,7 @@ fn build<'s>(
                 }
             },
         )
+        .as_collection(|h, v| (*h, *v))
     };
     // (Insert-only: a hash names one identifier, which is never retracted:
     // one value per hash, without arranging every observation.)
@@ -763,15 +765,17 @@ fn build<'s>(
         )
     };
 
-    // STEP 3. Edges with their first-seen time; alias edges to identifiers that exist.
+    // STEP 3. Edges with their first-seen time; alias edges to identifiers
+    // that exist (an identifier is named while it is seen: the names tell
+    // existence and kind, so the first-seen times need no arrangement).
+    let ranks = Rc::clone(&rules);
     let alias_edges = aliases.arrange_by_key_named("IdentityAliases").join_core(
-        nodes.clone(),
-        |prev, &(user, ku, t), &(_, kp)| {
+        identifiers.clone(),
+        move |prev, &(user, ku, t), ident| {
+            let kp = ranks.rank(&ident.kind);
             (*prev != user).then(|| (edge_key(user, ku, *prev, kp, true), t))
         },
     );
-    // (Insert-only: a first-seen time that moves down re-emits an alias
-    // edge with the same time, which cancels within its time.)
     let sightings = edge_obs.concat(alias_edges);
     let edges = if insert_only {
         sightings.monotone_min("IdentityEdgeFirstSeen")
@@ -810,7 +814,7 @@ fn build<'s>(
     let pairs = candidates.clone().map(|((lo, hi, ..), _)| (lo, hi));
     let items = nodes
         .clone()
-        .as_collection(|h, &(t, k)| (*h, ClusterItem::Node(*h, t, k)))
+        .map(|(h, (t, k))| (h, ClusterItem::Node(h, t, k)))
         .concat(candidates.map(|(e, t)| (e.0, ClusterItem::Edge(e, t))));
     let resolve = Rc::clone(&rules);
     let resolved = pairs.cluster_reduce(items, "IdentityResolve", move |items, out| {

@@ -206,6 +206,9 @@ impl<D, R> TimeStash<D, R> {
     }
 }
 
+/// Output buffer entries [`apply_completed_times`] keeps between times.
+const OUT_KEEP: usize = 1024;
+
 /// Applies `logic` to one completed time at a time, in time order: the
 /// shape of the operators whose state is updated by completed times
 /// (`counters`, `monotone`). Updates are exchanged by `route`, held in a
@@ -239,6 +242,10 @@ where
                     logic(time, updates, &mut out);
                     let mut session = output.session(&cap);
                     session.give_iterator(out.drain(..).map(|(o, r)| (o, time, r)));
+                    // A time of a catch-up can be large: between times keep a
+                    // small buffer, not the largest time's (at idle it is
+                    // nobody's state).
+                    out.shrink_to(OUT_KEEP);
                 }
             }
         },
