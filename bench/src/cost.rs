@@ -638,7 +638,17 @@ pub struct Cost {
     aliases: Vec<(Box<str>, u32)>,
     categories: HashMap<Box<str>, u32>,
     category_names: Vec<Box<str>>,
+    /// Counting mode (see [`Cost::counting`]), instead of the standard job.
+    counting: Option<Counting>,
     stats: CostStats,
+}
+
+/// Counting mode's definitions and state: a count per (node, event name),
+/// as `(slot, count)` rows indexed like `Cost::partials`.
+struct Counting {
+    slots: HashMap<Box<str>, u16>,
+    traits: Vec<String>,
+    rows: Vec<Vec<(u16, u32)>>,
 }
 
 impl Cost {
@@ -653,8 +663,28 @@ impl Cost {
             aliases: Vec::new(),
             categories: HashMap::new(),
             category_names: Vec::new(),
+            counting: None,
             stats: CostStats::default(),
         }
+    }
+
+    /// A program computing, instead of the standard job, unwindowed counts
+    /// of `track` events by name (bench-e2e's `profiles` workload): per
+    /// `(trait, event)` of `counters`, the trait is the profile's count of
+    /// `track` events named `event`, present when not zero. Identity is the
+    /// same as [`Cost::new`]'s.
+    pub fn counting(now_ms: i64, counters: &[(String, String)]) -> Cost {
+        let mut cost = Cost::new(now_ms);
+        cost.counting = Some(Counting {
+            slots: counters
+                .iter()
+                .enumerate()
+                .map(|(i, (_, event))| (event.as_str().into(), i as u16))
+                .collect(),
+            traits: counters.iter().map(|(t, _)| t.clone()).collect(),
+            rows: Vec::new(),
+        });
+        cost
     }
 
     /// Processes one record (one JSON event, without its newline).
@@ -811,6 +841,26 @@ impl Cost {
     /// Adds the event's contributions to its anchor's partial aggregates.
     fn aggregate(&mut self, anchor: u32, ev: &Decoded<'_>) {
         let w = &ev.wire;
+        if let Some(c) = &mut self.counting {
+            let name = w.event.as_deref();
+            let Some(&slot) = name
+                .and_then(|n| c.slots.get(n))
+                .filter(|_| ev.kind == Kind::Track)
+            else {
+                return;
+            };
+            let node = &mut self.nodes[anchor as usize];
+            if node.partial == NO_PARTIAL {
+                c.rows.push(Vec::new());
+                node.partial = c.rows.len() as u32 - 1;
+            }
+            let row = &mut c.rows[node.partial as usize];
+            match row.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, n)) => *n += 1,
+                None => row.push((slot, 1)),
+            }
+            return;
+        }
         let now_ms = self.now_ms;
         let within = |days: i64| ev.time_ms + days * DAY_MS > now_ms;
         let props = w.properties.as_ref();
@@ -953,7 +1003,7 @@ impl Cost {
             if best.is_none_or(|b| key < b) {
                 *best = Some(key);
             }
-            if node.partial != NO_PARTIAL {
+            if node.partial != NO_PARTIAL && self.counting.is_none() {
                 let p = partials[node.partial as usize]
                     .take()
                     .expect("one partial per node");
@@ -965,6 +1015,9 @@ impl Cost {
         }
         // STEP 3. Evaluate per profile.
         let mut out = CostOutput::default();
+        if let Some(c) = self.counting.take() {
+            return self.finish_counting(c, name_of, out);
+        }
         for root in 0..n {
             let Some((_, _, _, namer)) = name_of[root] else {
                 continue;
@@ -979,6 +1032,45 @@ impl Cost {
             for audience in self.audiences_of(&p) {
                 out.memberships
                     .insert((audience.to_string(), profile.clone()));
+            }
+        }
+        self.stats.identifiers = n as u64;
+        out.stats = self.stats;
+        out
+    }
+
+    /// Counting mode's STEP 3: per profile, its identifiers' rows summed.
+    fn finish_counting(
+        mut self,
+        c: Counting,
+        name_of: Vec<Option<(i64, u16, u128, u32)>>,
+        mut out: CostOutput,
+    ) -> CostOutput {
+        let n = self.nodes.len();
+        let mut totals: Vec<Vec<(u16, u32)>> = vec![Vec::new(); n];
+        for i in 0..n as u32 {
+            let slot = self.nodes[i as usize].partial;
+            if slot != NO_PARTIAL {
+                let root = self.find(i) as usize;
+                for &(s, k) in &c.rows[slot as usize] {
+                    match totals[root].iter_mut().find(|(t, _)| *t == s) {
+                        Some((_, m)) => *m += k,
+                        None => totals[root].push((s, k)),
+                    }
+                }
+            }
+        }
+        for root in 0..n {
+            let Some((_, _, _, namer)) = name_of[root] else {
+                continue;
+            };
+            self.stats.profiles += 1;
+            let profile = self.nodes[namer as usize].name.to_string();
+            for &(s, k) in &totals[root] {
+                out.traits.insert(
+                    (c.traits[s as usize].clone(), profile.clone()),
+                    CostValue::Num(f64::from(k)),
+                );
             }
         }
         self.stats.identifiers = n as u64;

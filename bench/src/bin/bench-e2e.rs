@@ -51,7 +51,9 @@
 //!    topic (`read_committed`) and computes the memberships and trait values
 //!    at `T` = (the smallest frontier the sinks committed in phase 2) − 1, on
 //!    the insert-only data: events/s (consume + decode + compute), and the
-//!    compute alone;
+//!    compute alone, and its peak live heap growth (its whole state: it
+//!    holds everything to the end); on the `profiles` workload
+//!    ([`Cost::counting`]) the same identity and the 20 counts per profile;
 //! 5. **check**: the sink topics are read back (`read_committed`) and
 //!    accumulated up to logical time `T` (per key, the last record with
 //!    `weft.time <= T`): the memberships must equal the COST's set exactly
@@ -95,7 +97,7 @@ struct Args {
     /// throughput, latency and COST figures). `profiles`: the memory goal's
     /// profile shape, `--profiles` profiles of 3 identifiers and 20 counters
     /// each (see [`profile_events`]); throughput and memory, checked against
-    /// the counts the generator implies.
+    /// the counts the generator implies and against COST.
     #[arg(long, value_enum, default_value_t = Workload::Standard)]
     workload: Workload,
     /// Events to produce (workload `standard`).
@@ -218,6 +220,13 @@ fn counter_traits() -> Vec<(String, String)> {
                 format!(r#"count(track "Counter {k:02}")"#),
             )
         })
+        .collect()
+}
+
+/// The `profiles` workload's counters for the COST program: (trait, event name).
+fn counter_events() -> Vec<(String, String)> {
+    (0..COUNTERS)
+        .map(|k| (format!("counter_{k:02}"), format!("Counter {k:02}")))
         .collect()
 }
 
@@ -895,14 +904,28 @@ struct CostRun {
     secs: f64,
     compute_secs: f64,
     peak_heap: i64,
+    /// Live heap growth after the last event, before `finish` builds the
+    /// output (whose strings for every value are the comparison's, not state).
+    state_heap: i64,
     output: CostOutput,
 }
 
-fn cost(brokers: &str, topic: &str, ends: &Ends, t: u64, expected: u64) -> Result<CostRun> {
+fn cost(
+    brokers: &str,
+    topic: &str,
+    ends: &Ends,
+    t: u64,
+    expected: u64,
+    counting: bool,
+) -> Result<CostRun> {
     let heap_before = live_heap();
     let sampler = MemorySampler::start();
     let started = Instant::now();
-    let mut program = Cost::new(t as i64);
+    let mut program = if counting {
+        Cost::counting(t as i64, &counter_events())
+    } else {
+        Cost::new(t as i64)
+    };
     let mut compute = Duration::ZERO;
     let (n, _) = read_all(brokers, topic, Some(ends), |m| {
         let c = Instant::now();
@@ -913,6 +936,7 @@ fn cost(brokers: &str, topic: &str, ends: &Ends, t: u64, expected: u64) -> Resul
         n == expected,
         "the COST program read {n} records, expected {expected}"
     );
+    let state_heap = live_heap() - heap_before;
     let c = Instant::now();
     let output = program.finish();
     compute += c.elapsed();
@@ -922,6 +946,7 @@ fn cost(brokers: &str, topic: &str, ends: &Ends, t: u64, expected: u64) -> Resul
         secs,
         compute_secs: compute.as_secs_f64(),
         peak_heap: peak_heap - heap_before,
+        state_heap,
         output,
     })
 }
@@ -972,8 +997,18 @@ fn same_value(weft: &serde_json::Value, cost: &CostValue) -> bool {
 }
 
 /// Compares Weft's sinks at `t` with the COST output; returns a one-line verdict and whether it matched.
-fn check(brokers: &str, topic: &str, t: u64, cost: &CostOutput) -> Result<(bool, String)> {
-    let audiences = sink_state(brokers, &format!("{topic}-audiences"), t)?;
+fn check(
+    brokers: &str,
+    topic: &str,
+    t: u64,
+    cost: &CostOutput,
+    with_audiences: bool,
+) -> Result<(bool, String)> {
+    let audiences = if with_audiences {
+        sink_state(brokers, &format!("{topic}-audiences"), t)?
+    } else {
+        BTreeMap::new()
+    };
     let traits = sink_state(brokers, &format!("{topic}-traits"), t)?;
     let weft_members: BTreeSet<(String, String)> = audiences
         .values()
@@ -1123,11 +1158,19 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
     drop(cluster);
 
     // PHASE 4. COST, and the check.
-    // (The COST program computes the standard job's outputs.)
-    let cost_run = if args.no_cost || profiles_workload {
+    // (The COST program computes the standard job's outputs, or the
+    // `profiles` workload's counters.)
+    let cost_run = if args.no_cost {
         None
     } else {
-        Some(cost(brokers, topic, &ends, tp.t, events)?)
+        Some(cost(
+            brokers,
+            topic,
+            &ends,
+            tp.t,
+            events,
+            profiles_workload,
+        )?)
     };
     let profiles = if profiles_workload {
         Some(args.profiles)
@@ -1249,11 +1292,16 @@ fn run(args: &Args, brokers: &str, topic: &str, dir: &Path) -> Result<()> {
         }
     }
     if let Some(c) = &cost_run {
+        let per = profiles
+            .filter(|p| *p > 0)
+            .map_or(0.0, |p| c.state_heap as f64 / p as f64);
         println!(
-            "  COST peak live heap growth {:.0} MB",
-            mb(c.peak_heap as f64)
+            "  COST state (live heap growth after the last event) {:.0} MB ({per:.0} B per profile), weft retained / COST state = {:.2}; COST peak with its output {:.0} MB",
+            mb(c.state_heap as f64),
+            retained / c.state_heap.max(1) as f64,
+            mb(c.peak_heap as f64),
         );
-        let (ok, verdict) = check(brokers, topic, tp.t, &c.output)?;
+        let (ok, verdict) = check(brokers, topic, tp.t, &c.output, !profiles_workload)?;
         println!("check at logical time {}: {verdict}", tp.t);
         if !ok {
             bail!("Weft's sinks and the COST program disagree");
