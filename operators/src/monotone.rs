@@ -273,6 +273,9 @@ where
     }
 }
 
+/// Per end `(node, group)`, the items it keeps, sorted by `(rank, item)`.
+type KeptByEnd<N, G, R, E> = HashMap<(N, G), Box<[(R, E)]>>;
+
 /// Adds [`MonotoneLimits::monotone_limits`] to collections of `(item, rank)`.
 pub trait MonotoneLimits<'scope, E, R> {
     /// The items that every one of their *ends* keeps, with their rank.
@@ -357,14 +360,14 @@ where
         // Per end, the items it keeps, sorted by (rank, item).
         // (Boxed slices, exactly sized: a hash-map entry 8 bytes smaller than
         // with a vector, and most ends keep one or two items.)
-        let mut kept: HashMap<(N, G), Box<[(R, E)]>> = HashMap::new();
+        let mut kept: KeptByEnd<N, G, R, E> = HashMap::new();
         // The distinct ends of an item that limit it.
         let ends_of = move |e: &E| {
             let [a, b] = ends(e);
             let b = b.filter(|b| a.as_ref() != Some(b));
             a.into_iter().chain(b)
         };
-        let keeps = |kept: &HashMap<(N, G), Box<[(R, E)]>>, end: &(N, G), r: &R, e: &E| {
+        let keeps = |kept: &KeptByEnd<N, G, R, E>, end: &(N, G), r: &R, e: &E| {
             kept.get(end).is_some_and(|list| {
                 list.binary_search_by(|(lr, le)| (lr, le).cmp(&(r, e)))
                     .is_ok()
@@ -416,16 +419,15 @@ where
                 // Only items of the ends a move touches can change status.
                 let touched: HashSet<(N, G)> =
                     moves.iter().flat_map(|(e, ..)| ends_of(e)).collect();
-                let status =
-                    |kept: &HashMap<(N, G), Box<[(R, E)]>>, sign: isize, out: &mut Vec<_>| {
-                        for end in &touched {
-                            for (r, e) in kept.get(end).into_iter().flatten() {
-                                if ends_of(e).all(|end| keeps(kept, &end, r, e)) {
-                                    out.push(((e.clone(), r.clone()), sign));
-                                }
+                let status = |kept: &KeptByEnd<N, G, R, E>, sign: isize, out: &mut Vec<_>| {
+                    for end in &touched {
+                        for (r, e) in kept.get(end).into_iter().flatten() {
+                            if ends_of(e).all(|end| keeps(kept, &end, r, e)) {
+                                out.push(((e.clone(), r.clone()), sign));
                             }
                         }
-                    };
+                    }
+                };
                 let mut before = Vec::new();
                 status(&kept, -1, &mut before);
                 for (e, old, new) in moves {
