@@ -19,6 +19,7 @@
 //! machine with the server; both are in this process).
 
 use std::alloc::System;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -200,7 +201,7 @@ async fn open_loop(
     rate: u64,
     connections: usize,
     total: usize,
-) -> (Vec<u64>, f64, usize) {
+) -> (Vec<u64>, f64, BTreeMap<u16, usize>) {
     let start = Instant::now() + Duration::from_millis(50);
     let interval = Duration::from_nanos(1_000_000_000 / rate);
     let mut tasks = Vec::new();
@@ -209,13 +210,19 @@ async fn open_loop(
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(addr).await;
             let mut lat = Vec::new();
-            let mut errors = 0;
+            let mut errors: BTreeMap<u16, usize> = BTreeMap::new();
             let mut i = c;
             while i < total {
                 let due = start + interval * i as u32;
                 tokio::time::sleep_until(due.into()).await;
                 let status = conn.get(&paths[i % paths.len()]).await;
-                errors += usize::from(status != 200);
+                if status != 200 {
+                    let n = errors.entry(status).or_default();
+                    if *n < 3 {
+                        eprintln!("  a {status} answer: GET {}", paths[i % paths.len()]);
+                    }
+                    *n += 1;
+                }
                 lat.push(due.elapsed().as_nanos() as u64);
                 i += connections;
             }
@@ -223,11 +230,13 @@ async fn open_loop(
         }));
     }
     let mut all = Vec::with_capacity(total);
-    let mut errors = 0;
+    let mut errors: BTreeMap<u16, usize> = BTreeMap::new();
     for t in tasks {
         let (l, e) = t.await.unwrap();
         all.extend(l);
-        errors += e;
+        for (status, n) in e {
+            *errors.entry(status).or_default() += n;
+        }
     }
     let seconds = start.elapsed().as_secs_f64();
     (all, seconds, errors)
@@ -371,14 +380,15 @@ fn main() -> anyhow::Result<()> {
     ));
     let st = stats(lat);
     println!(
-        "open loop, {} req/s target over {} connections: {total} requests in {seconds:.1}s = {:.0} req/s achieved; latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; non-200 answers {errors}",
+        "open loop, {} req/s target over {} connections: {total} requests in {seconds:.1}s = {:.0} req/s achieved; latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; non-200 answers {} (by status: {errors:?})",
         args.rate,
         args.connections,
         total as f64 / seconds,
         st.p50,
         st.p99,
         st.p999,
-        st.max
+        st.max,
+        errors.values().sum::<usize>(),
     );
 
     // STEP 3. Maximum throughput.
