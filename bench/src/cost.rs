@@ -556,7 +556,7 @@ impl Partial {
         self.any_7d += o.any_7d;
         self.blog_pages_14d += o.blog_pages_14d;
         for (c, n) in o.categories_30d {
-            add_category(&mut self.categories_30d, c, n);
+            add_count(&mut self.categories_30d, c, n);
         }
         self.detail_screens_cellular_7d += o.detail_screens_cellular_7d;
         self.coupons_30d += o.coupons_30d;
@@ -576,7 +576,8 @@ impl Partial {
     }
 }
 
-fn add_category(list: &mut Vec<(u32, u32)>, c: u32, n: u32) {
+/// Adds `n` to `c`'s count in a short `(key, count)` list.
+fn add_count(list: &mut Vec<(u32, u32)>, c: u32, n: u32) {
     match list.iter_mut().find(|(k, _)| *k == c) {
         Some((_, m)) => *m += n,
         None => list.push((c, n)),
@@ -646,9 +647,9 @@ pub struct Cost {
 /// Counting mode's definitions and state: a count per (node, event name),
 /// as `(slot, count)` rows indexed like `Cost::partials`.
 struct Counting {
-    slots: HashMap<Box<str>, u16>,
+    slots: HashMap<Box<str>, u32>,
     traits: Vec<String>,
-    rows: Vec<Vec<(u16, u32)>>,
+    rows: Vec<Vec<(u32, u32)>>,
 }
 
 impl Cost {
@@ -679,7 +680,7 @@ impl Cost {
             slots: counters
                 .iter()
                 .enumerate()
-                .map(|(i, (_, event))| (event.as_str().into(), i as u16))
+                .map(|(i, (_, event))| (event.as_str().into(), i as u32))
                 .collect(),
             traits: counters.iter().map(|(t, _)| t.clone()).collect(),
             rows: Vec::new(),
@@ -854,11 +855,7 @@ impl Cost {
                 c.rows.push(Vec::new());
                 node.partial = c.rows.len() as u32 - 1;
             }
-            let row = &mut c.rows[node.partial as usize];
-            match row.iter_mut().find(|(s, _)| *s == slot) {
-                Some((_, n)) => *n += 1,
-                None => row.push((slot, 1)),
-            }
+            add_count(&mut c.rows[node.partial as usize], slot, 1);
             return;
         }
         let now_ms = self.now_ms;
@@ -894,7 +891,7 @@ impl Cost {
                     p.shoes_viewed_30d += 1;
                 }
                 if let Some(c) = category {
-                    add_category(&mut p.categories_30d, c, 1);
+                    add_count(&mut p.categories_30d, c, 1);
                 }
                 if props
                     .and_then(|p| present(&p.currency))
@@ -995,6 +992,9 @@ impl Cost {
             .into_iter()
             .map(Some)
             .collect();
+        // Counting mode: per profile, its identifiers' rows summed.
+        let counting = self.counting.take();
+        let mut totals: Vec<Vec<(u32, u32)>> = vec![Vec::new(); counting.as_ref().map_or(0, |_| n)];
         for i in 0..n as u32 {
             let root = self.find(i) as usize;
             let node = &self.nodes[i as usize];
@@ -1003,28 +1003,44 @@ impl Cost {
             if best.is_none_or(|b| key < b) {
                 *best = Some(key);
             }
-            if node.partial != NO_PARTIAL && self.counting.is_none() {
-                let p = partials[node.partial as usize]
-                    .take()
-                    .expect("one partial per node");
-                match &mut merged[root] {
-                    Some(m) => m.merge(p),
-                    slot @ None => *slot = Some(p),
+            if node.partial == NO_PARTIAL {
+                continue;
+            }
+            match &counting {
+                Some(c) => {
+                    for &(slot, k) in &c.rows[node.partial as usize] {
+                        add_count(&mut totals[root], slot, k);
+                    }
+                }
+                None => {
+                    let p = partials[node.partial as usize]
+                        .take()
+                        .expect("one partial per node");
+                    match &mut merged[root] {
+                        Some(m) => m.merge(p),
+                        slot @ None => *slot = Some(p),
+                    }
                 }
             }
         }
         // STEP 3. Evaluate per profile.
         let mut out = CostOutput::default();
-        if let Some(c) = self.counting.take() {
-            return self.finish_counting(c, name_of, out);
-        }
         for root in 0..n {
             let Some((_, _, _, namer)) = name_of[root] else {
                 continue;
             };
             self.stats.profiles += 1;
-            let p = merged[root].take().unwrap_or_default();
             let profile = self.nodes[namer as usize].name.to_string();
+            if let Some(c) = &counting {
+                for &(slot, k) in &totals[root] {
+                    out.traits.insert(
+                        (c.traits[slot as usize].clone(), profile.clone()),
+                        CostValue::Num(f64::from(k)),
+                    );
+                }
+                continue;
+            }
+            let p = merged[root].take().unwrap_or_default();
             for (name, value) in self.traits_of(&p) {
                 out.traits
                     .insert((name.to_string(), profile.clone()), value);
@@ -1032,45 +1048,6 @@ impl Cost {
             for audience in self.audiences_of(&p) {
                 out.memberships
                     .insert((audience.to_string(), profile.clone()));
-            }
-        }
-        self.stats.identifiers = n as u64;
-        out.stats = self.stats;
-        out
-    }
-
-    /// Counting mode's STEP 3: per profile, its identifiers' rows summed.
-    fn finish_counting(
-        mut self,
-        c: Counting,
-        name_of: Vec<Option<(i64, u16, u128, u32)>>,
-        mut out: CostOutput,
-    ) -> CostOutput {
-        let n = self.nodes.len();
-        let mut totals: Vec<Vec<(u16, u32)>> = vec![Vec::new(); n];
-        for i in 0..n as u32 {
-            let slot = self.nodes[i as usize].partial;
-            if slot != NO_PARTIAL {
-                let root = self.find(i) as usize;
-                for &(s, k) in &c.rows[slot as usize] {
-                    match totals[root].iter_mut().find(|(t, _)| *t == s) {
-                        Some((_, m)) => *m += k,
-                        None => totals[root].push((s, k)),
-                    }
-                }
-            }
-        }
-        for root in 0..n {
-            let Some((_, _, _, namer)) = name_of[root] else {
-                continue;
-            };
-            self.stats.profiles += 1;
-            let profile = self.nodes[namer as usize].name.to_string();
-            for &(s, k) in &totals[root] {
-                out.traits.insert(
-                    (c.traits[s as usize].clone(), profile.clone()),
-                    CostValue::Num(f64::from(k)),
-                );
             }
         }
         self.stats.identifiers = n as u64;

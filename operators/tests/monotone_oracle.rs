@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::input::Input;
+use differential_dataflow::{ExchangeData, VecCollection};
 use rand::{Rng, SeedableRng};
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
 use weft_operators::monotone::{MonotoneFirst, MonotoneLimits, MonotoneMin};
@@ -28,8 +29,8 @@ fn rounds(seed: u64) -> Vec<Round> {
 }
 
 /// The accumulated `(key, min)` after each round, from the naive model.
-fn naive(rounds: &[Round]) -> Vec<BTreeMap<u8, i32>> {
-    let mut least: BTreeMap<u8, i32> = BTreeMap::new();
+fn naive<K: Ord + Copy>(rounds: &[Vec<(K, i32)>]) -> Vec<BTreeMap<K, i32>> {
+    let mut least: BTreeMap<K, i32> = BTreeMap::new();
     rounds
         .iter()
         .map(|round| {
@@ -42,47 +43,41 @@ fn naive(rounds: &[Round]) -> Vec<BTreeMap<u8, i32>> {
         .collect()
 }
 
-type Changes = Arc<Mutex<BTreeMap<u64, Vec<((u8, i32), isize)>>>>;
+/// An operator under test, applied to the input collection.
+type Build<I, O> = for<'s> fn(VecCollection<'s, u64, I, isize>) -> VecCollection<'s, u64, O, isize>;
 
-/// Runs both operators; returns their changes per time.
-fn run(
-    seed: u64,
+/// Feeds round `i` of `rounds` at time `i` through `build` on `workers`
+/// workers, each inserting its share of every round; worker 0 runs ahead by
+/// a round so that times arrive out of order at a key's owner. Returns the
+/// output's changes per time.
+fn run_rounds<I, O>(
+    rounds: &[Vec<I>],
     workers: usize,
-) -> (
-    BTreeMap<u64, Vec<((u8, i32), isize)>>,
-    BTreeMap<u64, Vec<((u8, i32), isize)>>,
-) {
-    let all = rounds(seed);
-    let (mono, general): (Changes, Changes) = (Arc::default(), Arc::default());
-    let (m, g) = (mono.clone(), general.clone());
+    build: Build<I, O>,
+) -> BTreeMap<u64, Vec<(O, isize)>>
+where
+    I: ExchangeData + Send + Sync,
+    O: ExchangeData,
+{
+    let changes: Arc<Mutex<BTreeMap<u64, Vec<(O, isize)>>>> = Arc::default();
+    let c = changes.clone();
+    let rounds = Arc::new(rounds.to_vec());
     timely::execute(timely::Config::process(workers), move |worker| {
-        let (m, g) = (m.clone(), g.clone());
+        let c = c.clone();
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, coll) = scope.new_collection::<(u8, i32), isize>();
-            coll.clone().monotone_min("Min").sink_by_time(
-                "Mono",
-                SinkTarget::Worker(0),
-                move |ev| {
-                    if let SinkEvent::Updates { time, updates } = ev {
-                        m.lock().unwrap().insert(*time, updates.to_vec());
-                    }
-                },
-            );
-            coll.reduce(|_k, input, output| output.push((*input[0].0, 1)))
-                .sink_by_time("General", SinkTarget::Worker(0), move |ev| {
-                    if let SinkEvent::Updates { time, updates } = ev {
-                        g.lock().unwrap().insert(*time, updates.to_vec());
-                    }
-                });
+            let (input, coll) = scope.new_collection::<I, isize>();
+            build(coll).sink_by_time("Out", SinkTarget::Worker(0), move |ev| {
+                if let SinkEvent::Updates { time, updates } = ev {
+                    c.lock().unwrap().insert(*time, updates.to_vec());
+                }
+            });
             input
         });
-        // Each worker inserts its share of every round; worker 0 runs ahead
-        // by a round so that times arrive out of order at the key's owner.
-        for (i, round) in all.iter().enumerate() {
+        for (i, round) in rounds.iter().enumerate() {
             input.advance_to(i as u64);
-            for (j, &(k, v)) in round.iter().enumerate() {
+            for (j, d) in round.iter().enumerate() {
                 if j % worker.peers() == worker.index() {
-                    input.insert((k, v));
+                    input.insert(d.clone());
                 }
             }
             if worker.index() != 0 {
@@ -93,33 +88,49 @@ fn run(
         while worker.step() {}
     })
     .unwrap();
-    let m = mono.lock().unwrap().clone();
-    let g = general.lock().unwrap().clone();
-    (m, g)
+    let changes = changes.lock().unwrap().clone();
+    changes
+}
+
+/// The accumulated output after each of `times` times, as a map: every
+/// `(key, value)` must be present exactly once.
+fn accumulated<K: Ord + Copy, V: Copy>(
+    changes: &BTreeMap<u64, Vec<((K, V), isize)>>,
+    times: usize,
+) -> Vec<BTreeMap<K, V>>
+where
+    (K, V): Ord,
+{
+    let mut acc: BTreeMap<(K, V), isize> = BTreeMap::new();
+    (0..times as u64)
+        .map(|t| {
+            for (d, r) in changes.get(&t).into_iter().flatten() {
+                *acc.entry(*d).or_default() += r;
+            }
+            acc.retain(|_, r| *r != 0);
+            acc.iter()
+                .map(|(&(k, v), &r)| {
+                    assert_eq!(r, 1, "one value per key (time {t})");
+                    (k, v)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn check(seed: u64, workers: usize) {
     let rounds = rounds(seed);
     let want = naive(&rounds);
-    let (mono, general) = run(seed, workers);
+    let mono = run_rounds(&rounds, workers, |c| c.monotone_min("Min"));
+    let general = run_rounds(&rounds, workers, |c| {
+        c.reduce(|_k, input, output| output.push((*input[0].0, 1)))
+    });
     assert_eq!(
         mono, general,
         "seed {seed}, {workers} workers: as a general reduce"
     );
-    let mut acc: BTreeMap<(u8, i32), isize> = BTreeMap::new();
-    for (t, w) in want.iter().enumerate() {
-        for (d, r) in mono.get(&(t as u64)).into_iter().flatten() {
-            *acc.entry(*d).or_default() += r;
-        }
-        acc.retain(|_, r| *r != 0);
-        let got: BTreeMap<u8, i32> = acc
-            .iter()
-            .map(|(&(k, v), &r)| {
-                assert_eq!(r, 1, "one value per key");
-                (k, v)
-            })
-            .collect();
-        assert_eq!(&got, w, "seed {seed}, {workers} workers, time {t}");
+    for (t, (got, w)) in accumulated(&mono, want.len()).iter().zip(&want).enumerate() {
+        assert_eq!(got, w, "seed {seed}, {workers} workers, time {t}");
     }
 }
 
@@ -182,51 +193,13 @@ fn check_first(seed: u64, workers: usize, equal_per_key: bool) {
     if equal_per_key {
         assert_eq!(want, naive(&all), "seed {seed}: equal values, first = min");
     }
-    let changes: Changes = Arc::default();
-    let c = changes.clone();
-    let rounds = Arc::new(all);
-    timely::execute(timely::Config::process(workers), move |worker| {
-        let c = c.clone();
-        let mut input = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, coll) = scope.new_collection::<(u8, i32), isize>();
-            coll.monotone_first("First")
-                .sink_by_time("First", SinkTarget::Worker(0), move |ev| {
-                    if let SinkEvent::Updates { time, updates } = ev {
-                        c.lock().unwrap().insert(*time, updates.to_vec());
-                    }
-                });
-            input
-        });
-        for (i, round) in rounds.iter().enumerate() {
-            input.advance_to(i as u64);
-            for (j, &(k, v)) in round.iter().enumerate() {
-                if j % worker.peers() == worker.index() {
-                    input.insert((k, v));
-                }
-            }
-            if worker.index() != 0 {
-                worker.step();
-            }
-        }
-        input.close();
-        while worker.step() {}
-    })
-    .unwrap();
-    let changes = changes.lock().unwrap().clone();
-    let mut acc: BTreeMap<(u8, i32), isize> = BTreeMap::new();
-    for (t, w) in want.iter().enumerate() {
-        for (d, r) in changes.get(&(t as u64)).into_iter().flatten() {
-            *acc.entry(*d).or_default() += r;
-        }
-        acc.retain(|_, r| *r != 0);
-        let got: BTreeMap<u8, i32> = acc
-            .iter()
-            .map(|(&(k, v), &r)| {
-                assert_eq!(r, 1, "one value per key");
-                (k, v)
-            })
-            .collect();
-        assert_eq!(&got, w, "seed {seed}, {workers} workers, time {t}");
+    let changes = run_rounds(&all, workers, |c| c.monotone_first("First"));
+    for (t, (got, w)) in accumulated(&changes, want.len())
+        .iter()
+        .zip(&want)
+        .enumerate()
+    {
+        assert_eq!(got, w, "seed {seed}, {workers} workers, time {t}");
     }
 }
 
@@ -275,14 +248,9 @@ fn limit_rounds(seed: u64) -> Vec<Vec<(Edge, i32)>> {
 }
 
 fn naive_limits(rounds: &[Vec<(Edge, i32)>]) -> Vec<BTreeMap<Edge, i32>> {
-    let mut rank: BTreeMap<Edge, i32> = BTreeMap::new();
-    rounds
-        .iter()
-        .map(|round| {
-            for &(e, r) in round {
-                let m = rank.entry(e).or_insert(r);
-                *m = (*m).min(r);
-            }
+    naive(rounds)
+        .into_iter()
+        .map(|rank| {
             let mut at: BTreeMap<(u8, u8), Vec<(i32, Edge)>> = BTreeMap::new();
             for (e, r) in &rank {
                 let [a, b] = edge_ends(e);
@@ -311,52 +279,16 @@ fn naive_limits(rounds: &[Vec<(Edge, i32)>]) -> Vec<BTreeMap<Edge, i32>> {
 fn check_limits(seed: u64, workers: usize) {
     let all = limit_rounds(seed);
     let want = naive_limits(&all);
-    let changes: Arc<Mutex<BTreeMap<u64, Vec<((Edge, i32), isize)>>>> = Arc::default();
-    let c = changes.clone();
-    let rounds = Arc::new(all);
-    timely::execute(timely::Config::process(workers), move |worker| {
-        let c = c.clone();
-        let mut input = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, coll) = scope.new_collection::<(Edge, i32), isize>();
-            coll.monotone_min("Rank")
-                .monotone_limits("Limits", edge_ends, group_limit)
-                .sink_by_time("Limits", SinkTarget::Worker(0), move |ev| {
-                    if let SinkEvent::Updates { time, updates } = ev {
-                        c.lock().unwrap().insert(*time, updates.to_vec());
-                    }
-                });
-            input
-        });
-        for (i, round) in rounds.iter().enumerate() {
-            input.advance_to(i as u64);
-            for (j, &(e, r)) in round.iter().enumerate() {
-                if j % worker.peers() == worker.index() {
-                    input.insert((e, r));
-                }
-            }
-            if worker.index() != 0 {
-                worker.step();
-            }
-        }
-        input.close();
-        while worker.step() {}
-    })
-    .unwrap();
-    let changes = changes.lock().unwrap().clone();
-    let mut acc: BTreeMap<(Edge, i32), isize> = BTreeMap::new();
-    for (t, w) in want.iter().enumerate() {
-        for (d, r) in changes.get(&(t as u64)).into_iter().flatten() {
-            *acc.entry(*d).or_default() += r;
-        }
-        acc.retain(|_, r| *r != 0);
-        let got: BTreeMap<Edge, i32> = acc
-            .iter()
-            .map(|(&(e, r), &n)| {
-                assert_eq!(n, 1, "seed {seed}: one rank per item");
-                (e, r)
-            })
-            .collect();
-        assert_eq!(&got, w, "seed {seed}, {workers} workers, time {t}");
+    let changes = run_rounds(&all, workers, |c| {
+        c.monotone_min("Rank")
+            .monotone_limits("Limits", edge_ends, group_limit)
+    });
+    for (t, (got, w)) in accumulated(&changes, want.len())
+        .iter()
+        .zip(&want)
+        .enumerate()
+    {
+        assert_eq!(got, w, "seed {seed}, {workers} workers, time {t}");
     }
 }
 

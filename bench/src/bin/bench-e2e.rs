@@ -211,22 +211,19 @@ fn produce(brokers: &str, topic: &str, events: u64, partitions: i32) -> Result<(
 /// Counters per profile in the `profiles` workload.
 const COUNTERS: usize = 20;
 
-/// The `profiles` workload's computed traits: one unwindowed counter per event name.
-fn counter_traits() -> Vec<(String, String)> {
-    (0..COUNTERS)
-        .map(|k| {
-            (
-                format!("counter_{k:02}"),
-                format!(r#"count(track "Counter {k:02}")"#),
-            )
-        })
-        .collect()
-}
-
-/// The `profiles` workload's counters for the COST program: (trait, event name).
+/// The `profiles` workload's counters: (trait, event name), one unwindowed
+/// count per event name.
 fn counter_events() -> Vec<(String, String)> {
     (0..COUNTERS)
         .map(|k| (format!("counter_{k:02}"), format!("Counter {k:02}")))
+        .collect()
+}
+
+/// The `profiles` workload's computed traits: (trait, definition).
+fn counter_traits() -> Vec<(String, String)> {
+    counter_events()
+        .into_iter()
+        .map(|(name, event)| (name, format!(r#"count(track "{event}")"#)))
         .collect()
 }
 
