@@ -79,9 +79,10 @@
 //!    ends keep it. This bounds the degree of hubs (a shared device, a
 //!    support email) before any global work. Insert-only
 //!    ([`identity_insert_only`]), edge times only move down and no edge
-//!    leaves, so `weft_operators::monotone::monotone_limits` keeps only the
-//!    edges each identifier keeps; otherwise a `reduce` over every
-//!    identifier's edges and a threshold per edge decide.
+//!    leaves, so each identifier keeps only the edges it keeps, in the same
+//!    structure as the clusters of step 2 (`graph`: each identifier and edge
+//!    stored once); otherwise a `reduce` over every identifier's edges and a
+//!    threshold per edge decide.
 //! 2. **Per-profile limits, greedy by time.** Candidates are considered in
 //!    order of (edge time, better kind rank of its ends, worse kind rank,
 //!    hashes). An edge is accepted when its ends are already in one profile,
@@ -90,7 +91,8 @@
 //!    otherwise it is rejected. This is Segment's "the first identity wins":
 //!    a device shared by two users stays with the one it was seen with first.
 //!    It is computed per *cluster* (connected component of the candidates,
-//!    by `weft_operators::clusters::cluster_reduce`), which holds everything
+//!    by `weft_operators::clusters::cluster_reduce`, insert-only by
+//!    `graph`), which holds everything
 //!    a decision can depend on: per cluster, one call sorts its candidates,
 //!    runs the greedy union-find, and names the resulting profiles. A change
 //!    anywhere in a cluster recomputes that cluster only. The clusters live
@@ -140,11 +142,13 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::core::Partition;
 use weft_operators::clusters::ClusterReduce;
 use weft_operators::components::{ChangeKind, ComponentChange, ComponentChanges};
-use weft_operators::monotone::{MonotoneFirst, MonotoneLimits, MonotoneMin};
+use weft_operators::monotone::{MonotoneFirst, MonotoneMin};
 
 use crate::event::{write_json_string, Event, EventType, Field};
 use crate::record::WriteJson;
 use crate::spec::{CustomKind, IdentitySpec};
+
+mod graph;
 
 /// An identifier inside dataflows: xxh3-128 of `kind`, `0x00`, `value`.
 pub type IdHash = u128;
@@ -787,39 +791,30 @@ fn build<'s>(
         })
     };
 
-    // STEP 4. Per-identifier limits: each end keeps its earliest `limit(K)`
-    // edges to kind K; an edge is a candidate when both ends keep it.
-    // (Insert-only: an edge's first-seen time only moves down, so each end
-    // keeps only the edges it keeps, not every edge it has.)
-    let candidates = if insert_only {
-        let (ends, limits) = (Rc::clone(&rules), Rc::clone(&rules));
-        edges.clone().monotone_limits(
-            "IdentityCandidates",
-            move |&(lo, hi, klo, khi, x): &EdgeKey| {
-                let end =
-                    |node, other| (!x && ends.limit(other).is_some()).then_some((node, other));
-                [end(lo, khi), end(hi, klo)]
-            },
-            move |kind| limits.limit(*kind).map_or(usize::MAX, |l| l as usize),
-        )
-    } else {
-        limited_candidates(edges.clone(), &rules)
-    };
-
-    // STEP 5. Per cluster (connected component of the candidates, every
-    // identifier an item of its own node): the greedy limits decide the
-    // accepted edges, whose components (a union-find inside the cluster) are
-    // the profiles, named by their oldest identifier. An identifier without
+    // STEPS 4 and 5. Per-identifier limits: each end keeps its earliest
+    // `limit(K)` edges to kind K; an edge is a candidate when both ends keep
+    // it. Per cluster (connected component of the candidates, every
+    // identifier a node of its own): the greedy limits decide the accepted
+    // edges, whose components (a union-find inside the cluster) are the
+    // profiles, named by their oldest identifier. An identifier without
     // candidates is a cluster, and a profile, of one.
-    let pairs = candidates.clone().map(|((lo, hi, ..), _)| (lo, hi));
-    let items = nodes
-        .clone()
-        .map(|(h, (t, k))| (h, ClusterItem::Node(h, t, k)))
-        .concat(candidates.map(|(e, t)| (e.0, ClusterItem::Edge(e, t))));
-    let resolve = Rc::clone(&rules);
-    let resolved = pairs.cluster_reduce(items, "IdentityResolve", move |items, out| {
-        out.extend(resolve_cluster(&resolve, items.iter().copied()))
-    });
+    // (Insert-only: an edge's first-seen time only moves down, so each end
+    // keeps only the edges it keeps, and one structure holds the limits and
+    // the clusters: `graph`.)
+    let resolved = if insert_only {
+        graph::resolve_insert_only(nodes.clone(), edges.clone(), &rules, "IdentityGraph")
+    } else {
+        let candidates = limited_candidates(edges.clone(), &rules);
+        let pairs = candidates.clone().map(|((lo, hi, ..), _)| (lo, hi));
+        let items = nodes
+            .clone()
+            .map(|(h, (t, k))| (h, ClusterItem::Node(h, t, k)))
+            .concat(candidates.map(|(e, t)| (e.0, ClusterItem::Edge(e, t))));
+        let resolve = Rc::clone(&rules);
+        pairs.cluster_reduce(items, "IdentityResolve", move |items, out| {
+            out.extend(resolve_cluster(&resolve, items.iter().copied()))
+        })
+    };
     let accepted = resolved.clone().flat_map(|x| {
         if let Resolved::Accepted(lo, hi) = x {
             Some((lo, hi))
