@@ -22,7 +22,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use differential_dataflow::hashable::Hashable as _;
-use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
@@ -166,19 +165,14 @@ fn build_profiles<'s>(
     } else {
         IndexEvents::Events(expand_chains(keyed_events))
     };
+    // A profile is named by its oldest identifier, one of its own: the
+    // profiles are the identifiers that name themselves, one each, so the
+    // set needs no `distinct` (an arrangement of every member and a reduce).
     let profiles = ids
         .profiles
         .clone()
-        .map(|(_, p)| p)
-        .arrange_by_self_named("Arrange: Profiles")
-        .reduce_abelian::<_, KeyBuilder<ProfileId, u64, isize>, KeySpine<ProfileId, u64, isize>, _, _>(
-            "Profiles",
-            |_p, _input, output| output.push(((), 1)),
-            |vec, key, upds| {
-                vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
-            },
-        );
+        .flat_map(|(h, p)| (h == p).then_some(p))
+        .arrange_by_self_named("Profiles");
     // The aggregates of every spec trait and audience, in one pass over the
     // events (see `SharedAggregates`): the join emits contributions, not events.
     let mut aggs = Vec::new();
