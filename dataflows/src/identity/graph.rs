@@ -187,18 +187,22 @@ struct Graph {
     free_clusters: Vec<u32>,
 }
 
-/// Grows a slab by half its length (not doubling: slabs are most of the state).
-fn reserve_slab<T>(v: &mut Vec<T>) {
-    if v.len() == v.capacity() {
-        v.reserve_exact((v.len() / 2).max(1024));
+/// Puts `value` in a free slot of `slab`, or a new one, and returns its id.
+/// A full slab grows by half its length (not doubling: the slabs are most
+/// of the state).
+fn put<T>(slab: &mut Vec<T>, free: &mut Vec<u32>, value: T) -> u32 {
+    if let Some(id) = free.pop() {
+        slab[id as usize] = value;
+        return id;
     }
-}
-
-fn slab_id(i: usize) -> u32 {
-    u32::try_from(i)
+    if slab.len() == slab.capacity() {
+        slab.reserve_exact((slab.len() / 2).max(1024));
+    }
+    slab.push(value);
+    u32::try_from(slab.len() - 1)
         .ok()
         .filter(|&i| i != NONE)
-        .expect("the identity graph holds fewer than 2^32 - 1 identifiers and edges per worker")
+        .expect("the identity graph holds fewer than 2^32 - 1 identifiers, edges and clusters")
 }
 
 impl Graph {
@@ -236,17 +240,7 @@ impl Graph {
             kind,
             seen: false,
         };
-        let id = match self.free_nodes.pop() {
-            Some(id) => {
-                self.nodes[id as usize] = node;
-                id
-            }
-            None => {
-                reserve_slab(&mut self.nodes);
-                self.nodes.push(node);
-                slab_id(self.nodes.len() - 1)
-            }
-        };
+        let id = put(&mut self.nodes, &mut self.free_nodes, node);
         let cluster = self.allocate(vec![id]);
         self.nodes[id as usize].cluster = cluster;
         let nodes = &self.nodes;
@@ -277,17 +271,7 @@ impl Graph {
     }
 
     fn allocate(&mut self, nodes: Vec<u32>) -> u32 {
-        match self.free_clusters.pop() {
-            Some(c) => {
-                self.clusters[c as usize] = nodes;
-                c
-            }
-            None => {
-                reserve_slab(&mut self.clusters);
-                self.clusters.push(nodes);
-                slab_id(self.clusters.len() - 1)
-            }
-        }
+        put(&mut self.clusters, &mut self.free_clusters, nodes)
     }
 
     fn release(&mut self, c: u32) {
@@ -549,17 +533,7 @@ impl Graph {
                     khi,
                     flags,
                 };
-                let id = match self.free_edges.pop() {
-                    Some(id) => {
-                        self.edges[id as usize] = edge;
-                        id
-                    }
-                    None => {
-                        reserve_slab(&mut self.edges);
-                        self.edges.push(edge);
-                        slab_id(self.edges.len() - 1)
-                    }
-                };
+                let id = put(&mut self.edges, &mut self.free_edges, edge);
                 let edges = &self.edges;
                 self.edge_index
                     .insert_unique(edge_hash(lo, hi, explicit), id, |&i| {
