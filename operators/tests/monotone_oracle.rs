@@ -12,7 +12,7 @@ use differential_dataflow::input::Input;
 use differential_dataflow::{ExchangeData, VecCollection};
 use rand::{Rng, SeedableRng};
 use weft_operators::by_time::{SinkByTime, SinkEvent, SinkTarget};
-use weft_operators::monotone::{MonotoneFirst, MonotoneLimits, MonotoneMin};
+use weft_operators::monotone::{MonotoneFirst, MonotoneMin};
 
 /// `(key, value)` inserted at each round's time.
 type Round = Vec<(u8, i32)>;
@@ -43,6 +43,9 @@ fn naive<K: Ord + Copy>(rounds: &[Vec<(K, i32)>]) -> Vec<BTreeMap<K, i32>> {
         .collect()
 }
 
+/// An output's changes, per time.
+type Changes<O> = BTreeMap<u64, Vec<(O, isize)>>;
+
 /// An operator under test, applied to the input collection.
 type Build<I, O> = for<'s> fn(VecCollection<'s, u64, I, isize>) -> VecCollection<'s, u64, O, isize>;
 
@@ -54,12 +57,12 @@ fn run_rounds<I, O>(
     rounds: &[Vec<I>],
     workers: usize,
     build: Build<I, O>,
-) -> BTreeMap<u64, Vec<(O, isize)>>
+) -> Changes<O>
 where
     I: ExchangeData + Send + Sync,
     O: ExchangeData,
 {
-    let changes: Arc<Mutex<BTreeMap<u64, Vec<(O, isize)>>>> = Arc::default();
+    let changes: Arc<Mutex<Changes<O>>> = Arc::default();
     let c = changes.clone();
     let rounds = Arc::new(rounds.to_vec());
     timely::execute(timely::Config::process(workers), move |worker| {
@@ -95,7 +98,7 @@ where
 /// The accumulated output after each of `times` times, as a map: every
 /// `(key, value)` must be present exactly once.
 fn accumulated<K: Ord + Copy, V: Copy>(
-    changes: &BTreeMap<u64, Vec<((K, V), isize)>>,
+    changes: &Changes<(K, V)>,
     times: usize,
 ) -> Vec<BTreeMap<K, V>>
 where
@@ -211,113 +214,4 @@ fn first_equals_the_naive_first_value() {
             check_first(seed, workers, false);
         }
     }
-}
-
-/// `monotone_limits`: items `(a, b, explicit)` are edges between nodes
-/// `a` and `b`; an explicit edge has no limits; otherwise the end at `a`
-/// is in group `b % 3` (the other node's "kind") and the end at `b` in
-/// group `a % 3`; groups 0 and 1 keep 1 and 2 items, group 2 keeps all
-/// (no end). Ranks are random and only move down (through
-/// `monotone_min`, as identity feeds it). After every round, the
-/// accumulated output equals a naive recomputation: per end, the least
-/// `limit` items by `(rank, item)`; the items every end keeps. At 1 and 4
-/// workers; nodes may repeat (`a == b`: one end, twice).
-type Edge = (u8, u8, bool);
-
-fn edge_ends(&(a, b, x): &Edge) -> [Option<(u8, u8)>; 2] {
-    let end = |n: u8, other: u8| (!x && other % 3 != 2).then_some((n, other % 3));
-    [end(a, b), end(b, a)]
-}
-
-fn group_limit(g: &u8) -> usize {
-    usize::from(*g) + 1
-}
-
-fn limit_rounds(seed: u64) -> Vec<Vec<(Edge, i32)>> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..20)
-        .map(|_| {
-            (0..rng.gen_range(0..12))
-                .map(|_| {
-                    let e = (rng.gen_range(0..6), rng.gen_range(0..6), rng.gen_bool(0.15));
-                    (e, rng.gen_range(0..40))
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn naive_limits(rounds: &[Vec<(Edge, i32)>]) -> Vec<BTreeMap<Edge, i32>> {
-    naive(rounds)
-        .into_iter()
-        .map(|rank| {
-            let mut at: BTreeMap<(u8, u8), Vec<(i32, Edge)>> = BTreeMap::new();
-            for (e, r) in &rank {
-                let [a, b] = edge_ends(e);
-                let b = b.filter(|b| a != Some(*b));
-                for end in a.into_iter().chain(b) {
-                    at.entry(end).or_default().push((*r, *e));
-                }
-            }
-            for (end, list) in at.iter_mut() {
-                list.sort();
-                list.truncate(group_limit(&end.1));
-            }
-            rank.iter()
-                .filter(|(e, r)| {
-                    edge_ends(e)
-                        .into_iter()
-                        .flatten()
-                        .all(|end| at[&end].contains(&(**r, **e)))
-                })
-                .map(|(e, r)| (*e, *r))
-                .collect()
-        })
-        .collect()
-}
-
-fn check_limits(seed: u64, workers: usize) {
-    let all = limit_rounds(seed);
-    let want = naive_limits(&all);
-    let changes = run_rounds(&all, workers, |c| {
-        c.monotone_min("Rank")
-            .monotone_limits("Limits", edge_ends, group_limit)
-    });
-    for (t, (got, w)) in accumulated(&changes, want.len())
-        .iter()
-        .zip(&want)
-        .enumerate()
-    {
-        assert_eq!(got, w, "seed {seed}, {workers} workers, time {t}");
-    }
-}
-
-#[test]
-fn limits_equal_the_naive_limits_one_worker() {
-    for seed in 0..40 {
-        check_limits(seed, 1);
-    }
-}
-
-#[test]
-fn limits_equal_the_naive_limits_four_workers() {
-    for seed in 0..40 {
-        check_limits(seed, 4);
-    }
-}
-
-#[test]
-#[should_panic(expected = "an item's rank moved other than down")]
-fn limits_refuse_a_rank_that_moves_up() {
-    timely::execute_directly(|worker| {
-        let mut input = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, coll) = scope.new_collection::<(Edge, i32), isize>();
-            coll.monotone_limits("Limits", edge_ends, group_limit);
-            input
-        });
-        input.insert(((1, 2, false), 5));
-        input.advance_to(1);
-        input.remove(((1, 2, false), 5));
-        input.insert(((1, 2, false), 7));
-    });
 }

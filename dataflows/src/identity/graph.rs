@@ -8,9 +8,10 @@
 //!                                                                 clusters touched: + resolve(new items)
 //! ```
 //!
-//! It computes what `monotone_limits` followed by `cluster_reduce` compute on
-//! the insert-only path (steps 4 and 5 of the [module docs](super)), from the
-//! same two monotone rankings, and gives the same output: per cluster
+//! From the two monotone rankings it computes what the general path's
+//! per-identifier limits (a `reduce` and a threshold) followed by
+//! `cluster_reduce` compute (steps 4 and 5 of the [module docs](super)),
+//! and gives the same output: per cluster
 //! (connected component of the candidate edges, every identifier a node),
 //! `resolve_cluster` of its sorted items. Both inputs only move down and
 //! never leave (the output of `monotone_min`), which is what lets an end keep
@@ -540,7 +541,7 @@ impl Graph {
                         let e = &edges[i as usize];
                         edge_hash(e.lo, e.hi, e.flags & EXPLICIT != 0)
                     });
-                for n in if lo == hi { vec![lo] } else { vec![lo, hi] } {
+                for n in std::iter::once(lo).chain((lo != hi).then_some(hi)) {
                     let node = &mut self.nodes[n as usize];
                     let mut list = std::mem::take(&mut node.edges).into_vec();
                     list.push(id);
